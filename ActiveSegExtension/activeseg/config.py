@@ -1,0 +1,252 @@
+"""The one typed configuration object, stored as JSON in each datastore (``.activeseg/config.json``).
+
+Settings are grouped by concern (network, training, dsal, alnt, intensity). Any setting can be
+overridden from the command line as ``--set section.name=value`` (e.g. ``--set alnt.lambda_=0.5``
+or its alias ``alnt.lambda=0.5``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "NetworkConfig",
+    "TrainingConfig",
+    "DsalConfig",
+    "AlntConfig",
+    "IntensityConfig",
+    "Config",
+    "apply_overrides",
+]
+
+
+@dataclass
+class NetworkConfig:
+    """Deeply supervised 3D U-Net shape.
+
+    Attributes:
+        channels: feature channels per resolution level, finest first. Four levels = three 2x
+            down-samplings, so inputs are padded to a multiple of 8 voxels per axis.
+        dropout: dropout probability in the decoder; used only by the MC-dropout baseline at inference.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainingConfig:
+    """One training round.
+
+    Attributes:
+        patch_size: training crop and sliding-window size, voxels, array order (k, j, i) = (z, y, x).
+        batch_size: crops per step.
+        epochs_first: epochs of the first round (no earlier model). DSAL: 15 first, 10 per round.
+        epochs_per_round: epochs when fine-tuning from the active model.
+        steps_per_epoch: optimiser steps per epoch (crops are random, so an epoch is a step count).
+        learning_rate: Adam learning rate.
+        foreground_crop_fraction: share of crops centred on a foreground voxel (class balance for small lesions).
+        seed: random seed of crops and initialisation.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        amp: mixed precision on CUDA (ignored on CPU).
+        num_threads: torch CPU threads (0 = torch's default).
+    """
+
+    patch_size: tuple[int, int, int] = (32, 64, 64)
+    batch_size: int = 2
+    epochs_first: int = 15
+    epochs_per_round: int = 10
+    steps_per_epoch: int = 8
+    learning_rate: float = 2e-3
+    foreground_crop_fraction: float = 0.67
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_threads: int = 0
+
+
+@dataclass
+class DsalConfig:
+    """DSAL routing (ALGORITHMS.md).
+
+    Attributes:
+        strong_per_round: K, cases queued for the radiologist per round (lowest M-DSC).
+        weak_start_round: first round that writes pseudo-labels (original: 5; 1-based rounds).
+        weak_initial: pseudo-labels at ``weak_start_round`` (original: 20).
+        weak_increment: extra pseudo-labels per later round (original: 20).
+        confidence_bins: histogram bins of confidence; the top bin's cases are weak candidates (original: 10).
+        foreground_tiebreak: among equal M-DSC, rank cases with predicted foreground as more uncertain,
+            so "both heads found nothing" (Dice 1 by convention) does not hide a missed lesion.
+    """
+
+    strong_per_round: int = 4
+    weak_start_round: int = 2
+    weak_initial: int = 4
+    weak_increment: int = 4
+    confidence_bins: int = 10
+    foreground_tiebreak: bool = True
+
+
+@dataclass
+class AlntConfig:
+    """ALNT gradient re-weighting of pseudo-labelled samples (ALGORITHMS.md).
+
+    Attributes:
+        enabled: re-weight pseudo-labelled samples; off = pseudo-labels train at weight 1/B like experts.
+        lambda_: mix w = lambda*w_S + (1-lambda)*w_M; 1 = RGS, 0 = RGM, 0.5 = RGS&M.
+        rectify: "+AL": zero weights below 1/B, no renormalisation.
+        objective: "expert+weighted" (mean expert loss + sum w_i l_i, default) or "weighted" (paper: pseudo only).
+        pseudo_batch_size: B, pseudo-labelled crops per step (original: 4).
+    """
+
+    enabled: bool = True
+    lambda_: float = 0.5
+    rectify: bool = True
+    objective: str = "expert+weighted"
+    pseudo_batch_size: int = 2
+
+
+@dataclass
+class IntensityConfig:
+    """Intensity normalisation of images before the network.
+
+    Attributes:
+        mode: "ct" clips Hounsfield units to [window_min, window_max] and scales to [-1, 1];
+            "zscore" subtracts the volume's mean and divides by its standard deviation (MRI).
+        window_min: lower HU clip for "ct".
+        window_max: upper HU clip for "ct".
+    """
+
+    mode: str = "ct"
+    window_min: float = -1000.0
+    window_max: float = 1000.0
+
+
+@dataclass
+class Config:
+    """All engine settings.
+
+    Attributes:
+        labels: foreground class names by label value (1-based); 0 is background.
+        val_fraction: share of cases drawn into the fixed validation split at ``init``.
+        lease_seconds: how long a queued case stays leased to one annotator.
+    """
+
+    labels: dict[int, str] = field(default_factory=lambda: {1: "lung", 2: "lesion"})
+    val_fraction: float = 0.2
+    lease_seconds: float = 1800.0
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    dsal: DsalConfig = field(default_factory=DsalConfig)
+    alnt: AlntConfig = field(default_factory=AlntConfig)
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the network: background plus every foreground label."""
+        return 1 + max(self.labels, default=0)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        if not self.labels or any(k < 1 for k in self.labels):
+            raise ConfigError(f"labels must map values >= 1 to names, got {self.labels!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.alnt.lambda_ <= 1.0:
+            raise ConfigError(f"alnt.lambda must be in [0, 1], got {self.alnt.lambda_}")
+        if self.alnt.objective not in ("expert+weighted", "weighted"):
+            raise ConfigError(f"alnt.objective must be 'expert+weighted' or 'weighted', got {self.alnt.objective!r}")
+        if self.intensity.mode not in ("ct", "zscore"):
+            raise ConfigError(f"intensity.mode must be 'ct' or 'zscore', got {self.intensity.mode!r}")
+        if self.training.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"training.device must be auto, cpu or cuda, got {self.training.device!r}")
+        if any(p % 8 for p in self.training.patch_size):
+            raise ConfigError(f"training.patch_size must be multiples of 8, got {self.training.patch_size}")
+        if self.dsal.confidence_bins < 1 or self.dsal.strong_per_round < 0:
+            raise ConfigError("dsal.confidence_bins must be >= 1 and dsal.strong_per_round >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (label keys become strings)."""
+        data = dataclasses.asdict(self)
+        data["labels"] = {str(k): v for k, v in self.labels.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build from :meth:`to_dict` output; unknown keys raise :class:`ConfigError`."""
+        config = cls()
+        for key, value in data.items():
+            if key == "labels":
+                config.labels = {int(k): str(v) for k, v in value.items()}
+            elif key in _SECTIONS:
+                section = getattr(config, key)
+                for name, item in value.items():
+                    _set_field(section, name, item, f"{key}.{name}")
+            elif key in ("val_fraction", "lease_seconds"):
+                setattr(config, key, float(value))
+            else:
+                raise ConfigError(f"unknown setting {key!r}")
+        config.validate()
+        return config
+
+    def save(self, path: Path) -> None:
+        """Write as indented JSON."""
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        """Read a file written by :meth:`save`."""
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+
+
+_SECTIONS = ("network", "training", "dsal", "alnt", "intensity")
+
+
+def _set_field(section: Any, name: str, value: Any, dotted: str) -> None:
+    """Set ``section.name`` to ``value`` converted to the field's declared type."""
+    if name == "lambda":  # ``lambda`` is a keyword in Python; accept it as the user writes it
+        name = "lambda_"
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if name not in fields:
+        raise ConfigError(f"unknown setting {dotted!r}")
+    current = getattr(section, name)
+    try:
+        if isinstance(current, bool):
+            converted: Any = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, tuple):
+            items = value.split(",") if isinstance(value, str) else value
+            converted = tuple(int(v) for v in items)
+        elif isinstance(current, int):
+            converted = int(value)
+        elif isinstance(current, float):
+            converted = float(value)
+        else:
+            converted = str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{dotted}: cannot use {value!r} ({exc})") from exc
+    setattr(section, name, converted)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``section.name=value`` strings (from ``--set``) and validate.
+
+    Raises:
+        ConfigError: a malformed string, unknown setting or invalid value.
+    """
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        section_name, dot, name = dotted.strip().partition(".")
+        if not sep or not dot or section_name not in _SECTIONS:
+            raise ConfigError(f"--set expects section.name=value with section in {_SECTIONS}, got {item!r}")
+        _set_field(getattr(config, section_name), name.strip(), value.strip(), dotted)
+    config.validate()
+    return config
