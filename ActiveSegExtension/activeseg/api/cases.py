@@ -1,0 +1,93 @@
+"""``/v1/cases``: case list and detail, image / label / pseudo-label downloads, leases."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import FileResponse, Response
+
+from ..datastore import STATES
+from ..errors import CaseStateError
+from ..pseudolabels import segmentation_bytes
+from .context import ServerContext, get_context
+from .errors import ERROR_RESPONSES
+from .schemas import CaseListOut, CaseOut, case_out
+
+__all__ = ["router", "ANNOTATOR"]
+
+router = APIRouter(prefix="/cases", tags=["cases"], responses=ERROR_RESPONSES)
+
+_BINARY = {200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+# The annotator's display name; required wherever a lease is involved, so a case is tied to one person.
+ANNOTATOR = Query(..., min_length=1, max_length=128, description="annotator name (lease holder)")
+
+
+@router.get("", response_model=CaseListOut, summary="All cases with state, scores and lease holder")
+def list_cases(
+    state: str | None = Query(None, description=f"only this state: one of {', '.join(STATES)}"),
+    split: str | None = Query(None, pattern="^(train|val)$", description="only this split"),
+    context: ServerContext = Depends(get_context),
+) -> CaseListOut:
+    """Cases ordered by id, with M-DSC, confidence and route under the active model."""
+    store = context.store
+    if state is not None and state not in STATES:
+        raise CaseStateError(f"unknown state {state!r}; use one of {list(STATES)}")
+    scores = store.scores()
+    return CaseListOut(
+        active_model=store.active_version(),
+        cases=[case_out(record, scores.get(record.case_id)) for record in store.cases(state=state, split=split)],
+    )
+
+
+@router.get("/{case_id}", response_model=CaseOut, summary="One case")
+def get_case(case_id: str, context: ServerContext = Depends(get_context)) -> CaseOut:
+    """One case with its scores under the active model."""
+    record = context.store.case(case_id)
+    return case_out(record, context.store.scores().get(case_id))
+
+
+@router.get("/{case_id}/image", response_class=FileResponse, responses=_BINARY, summary="The image file's bytes")
+def get_image(case_id: str, context: ServerContext = Depends(get_context)) -> FileResponse:
+    """The case's image exactly as stored (NIfTI or NRRD; the file name in Content-Disposition gives the format)."""
+    record = context.store.case(case_id)
+    suffix = record.image_path.name[len(case_id):]
+    return FileResponse(record.image_path, media_type="application/octet-stream", filename=f"{case_id}{suffix}")
+
+
+def _seg_response(data: bytes, name: str) -> Response:
+    return Response(
+        data, media_type="application/octet-stream", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+@router.get("/{case_id}/label", response_class=Response, responses=_BINARY, summary="The expert/accepted label as .seg.nrrd")
+def get_label(case_id: str, context: ServerContext = Depends(get_context)) -> Response:
+    """The stored label as a Slicer segmentation (one segment per class, names and colours from the label set).
+
+    409 ``invalid_state`` when the case has no label.
+    """
+    store = context.store
+    label = store.load_label(case_id)
+    return _seg_response(segmentation_bytes(label.array, label.geometry, store.config.labels), f"{case_id}.seg.nrrd")
+
+
+@router.get("/{case_id}/pseudo", response_class=FileResponse, responses=_BINARY, summary="The pending pseudo-label as .seg.nrrd")
+def get_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> FileResponse:
+    """The model's pseudo-label awaiting review. 409 ``invalid_state`` when the case has none."""
+    record = context.store.case(case_id)
+    if record.pseudo_path is None:
+        raise CaseStateError(f"case {case_id!r} has no pseudo-label (state {record.state!r})")
+    return FileResponse(record.pseudo_path, media_type="application/octet-stream", filename=f"{case_id}.pseudo.seg.nrrd")
+
+
+@router.post("/{case_id}/lease", response_model=CaseOut, summary="Lease (or renew) one case")
+def lease_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> CaseOut:
+    """Lease a case to ``annotator`` for ``lease_seconds``. 409 ``leased`` when someone else holds it."""
+    return case_out(context.store.lease(case_id, annotator), context.store.scores().get(case_id))
+
+
+@router.delete("/{case_id}/lease", response_model=CaseOut, summary="Release a lease")
+def release_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> CaseOut:
+    """Give a lease back so the case can be served to another annotator."""
+    return case_out(context.store.release(case_id, annotator), context.store.scores().get(case_id))
+
+

@@ -1,0 +1,58 @@
+"""What every router needs: the datastore, the job runner and the server's settings, one per app."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from ..datastore import Datastore
+from ..jobs import JobRunner, JobTable
+
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "ServerContext", "get_context"]
+
+DEFAULT_MAX_UPLOAD_BYTES = 1 << 30  # 1 GiB: far above a label file, still bounded
+
+
+@dataclass
+class ServerContext:
+    """State shared by the requests of one server.
+
+    Attributes:
+        store: the datastore (thread-safe: each call opens its own SQLite transaction).
+        jobs: starts and cancels job processes.
+        table: the job table.
+        token: bearer token every request must carry, or None (loopback only).
+        max_upload_bytes: largest accepted upload body.
+    """
+
+    store: Datastore
+    jobs: JobRunner
+    table: JobTable
+    token: str | None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    _device: str | None = field(default=None, repr=False)
+    _device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def device(self) -> str:
+        """Where jobs run, detected once. Imports torch lazily: the server itself never needs it otherwise."""
+        with self._device_lock:
+            if self._device is None:
+                self._device = _detect_device(self.store.config.training.device)
+            return self._device
+
+
+def _detect_device(setting: str) -> str:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency, but keep info answering without it
+        return "unknown (torch not importable)"
+    if setting != "cpu" and torch.cuda.is_available():
+        return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+    return "cpu"
+
+
+def get_context(request: Request) -> ServerContext:
+    """FastAPI dependency: the app's :class:`ServerContext`."""
+    return request.app.state.context

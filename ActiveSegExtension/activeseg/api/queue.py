@@ -1,0 +1,35 @@
+"""``/v1/queue``: the ranked strong queue and leasing its next case."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from .cases import ANNOTATOR
+from .context import ServerContext, get_context
+from .errors import ERROR_RESPONSES
+from .schemas import NextOut, QueueItem, QueueOut, case_out
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/queue", tags=["queue"], responses=ERROR_RESPONSES)
+
+
+@router.get("", response_model=QueueOut, summary="The strong queue, most uncertain first")
+def get_queue(context: ServerContext = Depends(get_context)) -> QueueOut:
+    """Queued cases by ascending M-DSC under the active model, each with its lease holder (if leased)."""
+    store = context.store
+    items = [QueueItem(rank=n, case=case_out(record, score)) for n, (record, score) in enumerate(store.queue(), start=1)]
+    return QueueOut(active_model=store.active_version(), items=items)
+
+
+@router.post("/next", response_model=NextOut, summary="Lease the next case to an annotator")
+def lease_next(annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> NextOut:
+    """Lease the most uncertain queued case nobody else holds (an own lease is renewed and returned first).
+
+    ``case`` is null when every queued case is leased by others or the queue is empty.
+    """
+    store = context.store
+    record = store.lease_next(annotator)
+    if record is None:
+        return NextOut(case=None)
+    return NextOut(case=case_out(record, store.scores().get(record.case_id)))

@@ -1,0 +1,223 @@
+"""The ``activeseg`` command line: thin ``*_command`` functions over the engine's typed functions.
+
+Every command that works on a datastore takes it as ``--data STORE``. Errors the user can fix print one
+line (``activeseg: error: ...``) and exit with status 2; nothing prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import apply_overrides
+from .console import ProgressBar, format_table
+from .datastore import Datastore
+from .errors import ActiveSegError
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("activeseg")
+
+
+def init_command(args: argparse.Namespace) -> int:
+    """Create a datastore from a folder of volumes or a dataset.json."""
+    from .initialise import init_datastore
+
+    store, problems = init_datastore(args.store, args.source, args.with_labels, args.set, args.seed)
+    for problem in problems:
+        logger.warning("%s", problem)
+    counts = store.counts()
+    logger.info(
+        "Created %s: %d case(s), %d in the fixed validation split, %d labelled, %d file(s) skipped.",
+        store.root, counts["total"], counts["val"], counts["labeled"], len(problems),
+    )
+    return 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    """Show the datastore's settings, or change them with --set."""
+    store = Datastore(args.data)
+    if args.set:
+        config = apply_overrides(store.config, args.set)
+        config.save(store.meta_dir / "config.json")
+        logger.info("updated %d setting(s)", len(args.set))
+    sys.stdout.write(json.dumps(store.config.to_dict() if not args.set else config.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """One training round from the active model."""
+    from .training import train_round
+
+    store = Datastore(args.data)
+    bar = ProgressBar("training", enabled=not args.quiet)
+    try:
+        record = train_round(store, progress=bar)
+    finally:
+        bar.close()
+    dice = record.metrics["val_dice"]
+    logger.info(
+        "model v%d (round %d): validation Dice %s; %d expert, %d pseudo-labelled case(s); %.0f s",
+        record.version, record.metrics["round"], _dice_text(dice), record.metrics["n_expert"],
+        record.metrics["n_pseudo"], record.metrics["seconds"],
+    )
+    return 0
+
+
+def _dice_text(dice: dict[str, float]) -> str:
+    if not dice:
+        return "n/a (no labelled validation case)"
+    return ", ".join(f"{name} {value:.3f}" for name, value in dice.items())
+
+
+def rank_command(args: argparse.Namespace) -> int:
+    """Score the pool with the active model, queue the most uncertain, write pseudo-labels."""
+    from .ranking import rank_round
+
+    store = Datastore(args.data)
+    bar = ProgressBar("ranking", enabled=not args.quiet)
+    try:
+        result = rank_round(store, progress=bar, write_pseudo=not args.no_pseudo)
+    finally:
+        bar.close()
+    logger.info("ranked %d case(s) in %.1f s: %d queued, %d pseudo-labelled", len(result.scores), result.seconds, len(result.strong), len(result.weak))
+    return queue_command(args)
+
+
+def queue_command(args: argparse.Namespace) -> int:
+    """Print the strong queue, most uncertain first."""
+    store = Datastore(args.data)
+    rows = [
+        [record.case_id, score.mdsc if score else None, score.confidence if score else None,
+         score.route if score else ("validation" if record.split == "val" else "-"), record.lease_holder]
+        for record, score in store.queue()
+    ]
+    sys.stdout.write(format_table(["case", "M-DSC", "confidence", "route", "leased to"], rows) + "\n")
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    """Print case counts and model versions."""
+    store = Datastore(args.data)
+    counts = store.counts()
+    sys.stdout.write(format_table(["state", "cases"], [[s, n] for s, n in counts.items()]) + "\n\n")
+    active = store.active_version()
+    rows = [
+        [("* " if m.version == active else "  ") + f"v{m.version}", m.metrics.get("round"), m.metrics.get("n_expert"),
+         m.metrics.get("n_pseudo"), m.metrics.get("val_dice", {}).get("mean")]
+        for m in store.models()
+    ]
+    sys.stdout.write(format_table(["model", "round", "expert", "pseudo", "val Dice"], rows) + "\n")
+    return 0
+
+
+def activate_command(args: argparse.Namespace) -> int:
+    """Make an earlier model version active (rollback)."""
+    Datastore(args.data).activate(args.version)
+    logger.info("model v%d is active", args.version)
+    return 0
+
+
+def phantoms_command(args: argparse.Namespace) -> int:
+    """Write synthetic CT phantoms as an MSD-style folder."""
+    from .phantoms import write_phantom_dataset
+
+    shape = tuple(int(v) for v in args.shape.split(","))
+    path = write_phantom_dataset(args.out, args.count, seed=args.seed, shape=shape, file_format=args.format)  # type: ignore[arg-type]
+    logger.info("wrote %d phantoms and %s", args.count, path)
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Run the whole loop on generated phantoms."""
+    from .demo import run_demo
+
+    run_demo(args.out, cases=args.cases, rounds=args.rounds, seed=args.seed, progress=not args.quiet)
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run the HTTP backend."""
+    from .server import serve
+
+    serve(args.data, host=args.host, port=args.port, token=args.token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the commands in the README)."""
+    parser = argparse.ArgumentParser(prog="activeseg", description="ActiveSeg backend engine: active learning for 3D segmentation.")
+    parser.add_argument("--version", action="version", version=f"activeseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_data(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--data", type=Path, required=True, metavar="STORE", help="the datastore folder")
+        return sub
+
+    sub = commands.add_parser("init", help="create a datastore from volumes or an MSD dataset.json")
+    sub.add_argument("store", type=Path, help="datastore folder to create")
+    sub.add_argument("--from", dest="source", type=Path, required=True, help="folder of .nii.gz/.nrrd volumes, or a dataset.json")
+    sub.add_argument("--with-labels", action="store_true", help="import the dataset's labels as expert labels")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the fixed validation split")
+    sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE", help="override a setting (repeatable)")
+    sub.set_defaults(func=init_command)
+
+    sub = with_data(commands.add_parser("config", help="show or change settings, e.g. --set alnt.lambda=0.5"))
+    sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
+    sub.set_defaults(func=config_command)
+
+    for name, func, text in (("train", train_command, "run one training round"), ("rank", rank_command, "rank the pool and write pseudo-labels")):
+        sub = with_data(commands.add_parser(name, help=text))
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "rank":
+            sub.add_argument("--no-pseudo", action="store_true", help="only rank and queue; keep the pseudo-labels as they are")
+        sub.set_defaults(func=func)
+
+    with_data(commands.add_parser("queue", help="print the strong queue")).set_defaults(func=queue_command)
+    with_data(commands.add_parser("status", help="print case counts and model versions")).set_defaults(func=status_command)
+    sub = with_data(commands.add_parser("activate", help="make an earlier model version active (rollback)"))
+    sub.add_argument("version", type=int)
+    sub.set_defaults(func=activate_command)
+
+    sub = commands.add_parser("phantoms", help="generate synthetic CT phantoms (MSD-style folder)")
+    sub.add_argument("out", type=Path)
+    sub.add_argument("--count", type=int, default=24)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--shape", default="32,64,64", help="k,j,i voxels")
+    sub.add_argument("--format", choices=("nii.gz", "nrrd"), default="nii.gz")
+    sub.set_defaults(func=phantoms_command)
+
+    sub = commands.add_parser("demo", help="the whole loop on generated phantoms with a simulated radiologist")
+    sub.add_argument("--out", type=Path, default=Path("demo_output"))
+    sub.add_argument("--cases", type=int, default=24)
+    sub.add_argument("--rounds", type=int, default=3)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--quiet", action="store_true")
+    sub.set_defaults(func=demo_command)
+
+    sub = with_data(commands.add_parser("serve", help="run the HTTP backend for the Slicer module"))
+    sub.add_argument("--host", default="127.0.0.1")
+    sub.add_argument("--port", type=int, default=0, help="0 = pick a free port (printed on start)")
+    sub.add_argument("--token", default=None, help="bearer token every request must carry (required off loopback)")
+    sub.set_defaults(func=serve_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``activeseg`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except ActiveSegError as exc:
+        logger.error("activeseg: error: %s", exc)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("activeseg: interrupted")
+        return 130

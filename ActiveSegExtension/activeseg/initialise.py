@@ -1,0 +1,50 @@
+"""``activeseg init``: create a datastore from a source folder, with settings derived from it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import Config, apply_overrides
+from .datastore import Datastore
+from .sources import find_source
+
+__all__ = ["init_datastore"]
+
+logger = logging.getLogger(__name__)
+
+
+def init_datastore(
+    store: Path, source: Path, with_labels: bool = False, overrides: list[str] | None = None, seed: int = 0,
+    config: Config | None = None,
+) -> tuple[Datastore, list[str]]:
+    """Create ``store`` from ``source`` (a folder of volumes or an MSD-style ``dataset.json``).
+
+    The label set comes from ``dataset.json`` when it has one; a non-CT modality switches intensity
+    normalisation to z-score. ``overrides`` (``section.name=value``) are applied last and saved.
+
+    Args:
+        store: datastore folder to create.
+        source: folder or dataset.json.
+        with_labels: import the dataset's labels as expert labels.
+        overrides: ``--set`` strings.
+        seed: validation-split seed.
+        config: starting settings (default: :class:`Config` defaults).
+
+    Returns:
+        The datastore and one sentence per skipped file.
+    """
+    found = find_source(source)
+    config = config or Config()
+    if found.label_names:
+        config.labels = dict(found.label_names)
+    if found.modality and found.modality.upper() != "CT":
+        config.intensity.mode = "zscore"
+    apply_overrides(config, overrides or [])
+    datastore, problems = Datastore.create(store, found.images, config, found.labels if with_labels else None, seed=seed)
+    counts = datastore.counts()
+    logger.info(
+        "datastore %s: %d case(s) (%d validation), %d labelled, %d skipped",
+        datastore.root, counts["total"], counts["val"], counts["labeled"], len(problems),
+    )
+    return datastore, problems

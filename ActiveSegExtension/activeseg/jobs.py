@@ -1,0 +1,400 @@
+"""Background jobs (train, rank, pseudo-label): a ``jobs`` table in the datastore's SQLite file and a runner.
+
+Each job runs in its own child process (``python -m activeseg.jobs_worker STORE JOBID``), started in a new
+session so that cancelling it can signal the whole process tree (data-loader workers included) and so free
+the GPU. The child writes its progress into the ``jobs`` row (throttled) and its log into
+``.activeseg/jobs/<job_id>.log``; the server only reads them, so the API stays responsive while torch works.
+
+Job states::
+
+    running -> succeeded | failed | cancelled      (the child, or the server when the child dies)
+    running -> interrupted                          (the server stopped or crashed while it ran)
+
+At most one job runs at a time: every kind uses the accelerator and writes the active model, the queue or
+the pseudo-label set, so two at once would compete for GPU memory and race on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ActiveSegError
+
+__all__ = [
+    "JOB_KINDS",
+    "FINAL_STATES",
+    "JobConflictError",
+    "UnknownJobError",
+    "JobRecord",
+    "JobTable",
+    "JobRunner",
+    "read_log_tail",
+]
+
+logger = logging.getLogger(__name__)
+
+JOB_KINDS = ("train", "rank", "pseudo-label")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id           TEXT PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    params           TEXT NOT NULL,
+    created          REAL NOT NULL,
+    started          REAL,
+    finished         REAL,
+    updated          REAL NOT NULL,
+    pid              INTEGER,
+    progress         TEXT NOT NULL DEFAULT '{}',
+    result           TEXT,
+    error            TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+"""
+
+
+class JobConflictError(ActiveSegError):
+    """A job was requested while another one runs."""
+
+    code = "job_running"
+    http_status = 409
+
+
+class UnknownJobError(ActiveSegError):
+    """A job id that the table does not hold."""
+
+    code = "unknown_job"
+    http_status = 404
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job row.
+
+    Attributes:
+        job_id: 32 hex digits.
+        kind: one of :data:`JOB_KINDS`.
+        status: ``running`` or one of :data:`FINAL_STATES`.
+        params: the options it was started with.
+        created, started, finished, updated: Unix times, seconds.
+        pid: the child's process id (also its process-group id), while known.
+        progress: the latest progress event (phase, epoch, step, loss, val_dice, eta_s, ...).
+        result: what the job produced (model version, queue, ...) once succeeded.
+        error: human-readable failure text.
+        cancel_requested: a cancel was asked for.
+    """
+
+    job_id: str
+    kind: str
+    status: str
+    params: dict[str, Any]
+    created: float
+    started: float | None
+    finished: float | None
+    updated: float
+    pid: int | None
+    progress: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    cancel_requested: bool
+
+
+class JobTable:
+    """The ``jobs`` table of one datastore's database. Every method is its own short transaction."""
+
+    def __init__(self, meta_dir: Path) -> None:
+        """Open (and create if missing) the table in ``meta_dir/activeseg.db``."""
+        self.meta_dir = Path(meta_dir)
+        self.db_path = self.meta_dir / "activeseg.db"
+        self.log_dir = self.meta_dir / "jobs"
+        with self._connect(write=True) as connection:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                connection.execute(statement)
+
+    @contextmanager
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        # Same discipline as Datastore._connect: writers take the lock up front, so no upgrade deadlocks.
+        connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        try:
+            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> JobRecord:
+        return JobRecord(
+            job_id=row["job_id"],
+            kind=row["kind"],
+            status=row["status"],
+            params=json.loads(row["params"]),
+            created=row["created"],
+            started=row["started"],
+            finished=row["finished"],
+            updated=row["updated"],
+            pid=row["pid"],
+            progress=json.loads(row["progress"] or "{}"),
+            result=json.loads(row["result"]) if row["result"] else None,
+            error=row["error"],
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+    def log_path(self, job_id: str) -> Path:
+        """The job's log file."""
+        return self.log_dir / f"{job_id}.log"
+
+    def create(self, kind: str, params: dict[str, Any]) -> JobRecord:
+        """Insert a ``running`` job, unless one already runs (checked under the write lock).
+
+        Raises:
+            JobConflictError: another job is running.
+        """
+        now = time.time()
+        job_id = uuid.uuid4().hex
+        with self._connect(write=True) as connection:
+            row = connection.execute("SELECT job_id, kind FROM jobs WHERE status = 'running' LIMIT 1").fetchone()
+            if row is not None:
+                raise JobConflictError(f"job {row['job_id']} ({row['kind']}) is running; wait for it or cancel it")
+            connection.execute(
+                "INSERT INTO jobs (job_id, kind, status, params, created, started, updated, progress)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                (job_id, kind, json.dumps(params), now, now, now, json.dumps({"phase": "starting"})),
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobRecord:
+        """One job. Raises UnknownJobError."""
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(f"unknown job id {job_id!r}")
+        return self._record(row)
+
+    def list(self, limit: int = 50) -> list[JobRecord]:
+        """Most recent jobs first."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (int(limit),)).fetchall()
+        return [self._record(row) for row in rows]
+
+    def running(self) -> JobRecord | None:
+        """The running job, if any."""
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE status = 'running' LIMIT 1").fetchone()
+        return self._record(row) if row else None
+
+    def set_pid(self, job_id: str, pid: int) -> None:
+        """Record the child's process id."""
+        with self._connect(write=True) as connection:
+            connection.execute("UPDATE jobs SET pid = ?, updated = ? WHERE job_id = ?", (pid, time.time(), job_id))
+
+    def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
+        """Store the latest progress; False when the job is no longer running (nothing written)."""
+        with self._connect(write=True) as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET progress = ?, updated = ? WHERE job_id = ? AND status = 'running'",
+                (json.dumps(progress, default=str), time.time(), job_id),
+            )
+        return cursor.rowcount == 1
+
+    def finish(self, job_id: str, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
+        """Move a running job to a final state; False if it had already left ``running`` (first writer wins)."""
+        if status not in FINAL_STATES:
+            raise ValueError(f"not a final job state: {status!r}")
+        now = time.time()
+        with self._connect(write=True) as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET status = ?, result = ?, error = ?, finished = ?, updated = ?"
+                " WHERE job_id = ? AND status = 'running'",
+                (status, json.dumps(result, default=str) if result is not None else None, error, now, now, job_id),
+            )
+        return cursor.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Flag a running job for cancellation. Raises UnknownJobError; JobConflictError if it already ended."""
+        with self._connect(write=True) as connection:
+            row = connection.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJobError(f"unknown job id {job_id!r}")
+            if row["status"] != "running":
+                raise JobConflictError(f"job {job_id} already ended ({row['status']})")
+            connection.execute("UPDATE jobs SET cancel_requested = 1, updated = ? WHERE job_id = ?", (time.time(), job_id))
+        return self.get(job_id)
+
+    def interrupt_running(self, reason: str) -> list[JobRecord]:
+        """Mark every ``running`` job ``interrupted`` (server start-up after a crash); return them as they were."""
+        with self._connect(write=True) as connection:
+            rows = connection.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall()
+            now = time.time()
+            connection.execute(
+                "UPDATE jobs SET status = 'interrupted', error = ?, finished = ?, updated = ? WHERE status = 'running'",
+                (reason, now, now),
+            )
+        return [self._record(row) for row in rows]
+
+
+def read_log_tail(path: Path, lines: int = 50, max_bytes: int = 65536) -> list[str]:
+    """The last ``lines`` lines of a text file (reads at most ``max_bytes`` from its end); [] if missing."""
+    if lines <= 0:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace").splitlines()
+    return text[-lines:]
+
+
+def _is_our_worker(pid: int, job_id: str) -> bool:
+    """True when ``pid`` still runs the worker of ``job_id`` (guards against pid reuse; Linux /proc only)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"activeseg.jobs_worker" in cmdline and job_id.encode() in cmdline
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the child is a session leader: its pgid equals its pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class JobRunner:
+    """Starts, watches and cancels job processes for one server.
+
+    Args:
+        store_root: the datastore folder.
+        table: its job table.
+        kill_grace_s: seconds between SIGTERM (the worker stops at its next progress report) and SIGKILL.
+    """
+
+    def __init__(self, store_root: Path, table: JobTable, kill_grace_s: float = 5.0) -> None:
+        self.store_root = Path(store_root)
+        self.table = table
+        self.kill_grace_s = kill_grace_s
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def recover(self) -> list[JobRecord]:
+        """At start-up: jobs left ``running`` by an earlier server become ``interrupted``.
+
+        A worker orphaned by a crashed server may still be alive; it is killed, since nothing would watch it
+        and it would hold the GPU.
+        """
+        interrupted = self.table.interrupt_running("interrupted: the server stopped while this job was running")
+        for job in interrupted:
+            if job.pid and _is_our_worker(job.pid, job.job_id):
+                logger.warning("killing orphaned worker of job %s (pid %d)", job.job_id, job.pid)
+                _kill_group(job.pid, signal.SIGKILL)
+            logger.warning("job %s (%s) was interrupted by a server stop", job.job_id, job.kind)
+        return interrupted
+
+    def start(self, kind: str, params: dict[str, Any]) -> JobRecord:
+        """Start a job in a child process. Raises JobConflictError when one is running."""
+        job = self.table.create(kind, params)
+        self.table.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.table.log_path(job.job_id)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        try:
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "activeseg.jobs_worker", str(self.store_root), job.job_id],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # own process group: cancel signals the whole tree
+                    close_fds=True,
+                )
+        except OSError as exc:
+            self.table.finish(job.job_id, "failed", error=f"could not start the worker process: {exc}")
+            raise
+        with self._lock:
+            self._processes[job.job_id] = process
+        self.table.set_pid(job.job_id, process.pid)
+        threading.Thread(target=self._watch, args=(job.job_id, process), name=f"job-{job.job_id[:8]}", daemon=True).start()
+        logger.info("job %s (%s) started, pid %d", job.job_id, kind, process.pid)
+        return self.table.get(job.job_id)
+
+    def _watch(self, job_id: str, process: subprocess.Popen[bytes]) -> None:
+        """Reap the child; if it died without recording an outcome (killed, crashed), record one."""
+        code = process.wait()
+        with self._lock:
+            self._processes.pop(job_id, None)
+        job = self.table.get(job_id)
+        if job.status != "running":
+            return
+        if job.cancel_requested:
+            self.table.finish(job_id, "cancelled", error="cancelled by request")
+        else:
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            self.table.finish(job_id, "failed", error=f"the worker process ended unexpectedly ({how}); see the log")
+        logger.info("job %s worker ended (%s)", job_id, code)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Ask a running job to stop: SIGTERM to its process group, SIGKILL after the grace period.
+
+        Raises:
+            UnknownJobError: no such job. JobConflictError: it already ended.
+        """
+        job = self.table.request_cancel(job_id)
+        with self._lock:
+            process = self._processes.get(job_id)
+        if process is None:
+            # Not ours (another server instance started it) or already reaped: record the outcome directly.
+            if job.pid and _is_our_worker(job.pid, job_id):
+                _kill_group(job.pid, signal.SIGKILL)
+            self.table.finish(job_id, "cancelled", error="cancelled by request")
+            return self.table.get(job_id)
+        _kill_group(process.pid, signal.SIGTERM)
+        threading.Thread(target=self._kill_later, args=(process,), daemon=True).start()
+        return self.table.get(job_id)
+
+    def _kill_later(self, process: subprocess.Popen[bytes]) -> None:
+        try:
+            process.wait(timeout=self.kill_grace_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("worker pid %d ignored SIGTERM for %.0f s; killing it", process.pid, self.kill_grace_s)
+            _kill_group(process.pid, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        """Server stop: mark running jobs ``interrupted`` and end their process trees."""
+        with self._lock:
+            processes = dict(self._processes)
+        for job_id, process in processes.items():
+            self.table.finish(job_id, "interrupted", error="interrupted: the server stopped while this job was running")
+            _kill_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_grace_s
+        for process in processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_group(process.pid, signal.SIGKILL)

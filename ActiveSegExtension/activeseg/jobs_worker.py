@@ -1,0 +1,203 @@
+"""The child process of one job: ``python -m activeseg.jobs_worker STORE JOBID``.
+
+It runs the job's kind (train, rank, pseudo-label) against the datastore, writes throttled progress into the
+job's row and logs into its stdout (the server points that at ``.activeseg/jobs/<job_id>.log``), then records
+the outcome. SIGTERM asks it to stop at the next progress report (the engine raises TrainingCancelled and
+writes nothing half-done); the server follows with SIGKILL if it does not. It also stops when its server
+died (its parent changed), so a crashed server leaves no worker holding the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .datastore import Datastore
+from .errors import ActiveSegError, TrainingCancelled
+from .jobs import JobTable
+
+__all__ = ["ProgressReporter", "execute", "main"]
+
+logger = logging.getLogger("activeseg.jobs_worker")
+
+# Fields of a progress event that the API exposes (others, e.g. ALNT statistics, are kept as they come).
+_MIN_WRITE_INTERVAL_S = 0.5  # at most 2 database writes per second
+
+
+class ProgressReporter:
+    """The progress callback handed to the engine: throttled writes, cancellation by signal or orphaning.
+
+    Args:
+        table: the job table.
+        job_id: this job.
+        min_interval_s: least time between two progress writes (a phase change is always written).
+    """
+
+    def __init__(self, table: JobTable, job_id: str, min_interval_s: float = _MIN_WRITE_INTERVAL_S) -> None:
+        self.table = table
+        self.job_id = job_id
+        self.min_interval_s = min_interval_s
+        self.latest: dict[str, Any] = {"phase": "starting"}
+        self.cancelled = False
+        self._parent = os.getppid()
+        self._last_write = 0.0
+        self._last_epoch: tuple[Any, Any] | None = None
+
+    def request_cancel(self, *_: Any) -> None:
+        """Signal handler: stop at the next progress report."""
+        self.cancelled = True
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        """Record ``event``; return False to ask the engine to stop."""
+        phase_changed = event.get("phase") != self.latest.get("phase")
+        if phase_changed:
+            self.latest = {}
+        self.latest.update(event)
+        epoch_key = (event.get("phase"), event.get("epoch"))
+        if event.get("phase") == "validate" and epoch_key != self._last_epoch:
+            logger.info(
+                "epoch %s/%s: loss %.4f, validation Dice %s",
+                event.get("epoch"), event.get("epochs"), float(event.get("loss") or 0.0), event.get("val_dice"),
+            )
+            self._last_epoch = epoch_key
+        now = time.monotonic()
+        if phase_changed or now - self._last_write >= self.min_interval_s:
+            self.flush()
+        if os.getppid() != self._parent:
+            logger.error("the server process ended; stopping")
+            self.cancelled = True
+        return not self.cancelled
+
+    def flush(self) -> None:
+        """Write the latest event now."""
+        self._last_write = time.monotonic()
+        if not self.table.update_progress(self.job_id, self.latest):
+            # The server marked the job interrupted or cancelled: stop working for nobody.
+            self.cancelled = True
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return value.name
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _rank_summary(result: Any) -> dict[str, Any]:
+    return {
+        "model_version": getattr(result, "model_version", None),
+        "strong": list(getattr(result, "strong", [])),
+        "weak": list(getattr(result, "weak", [])),
+        "seconds": getattr(result, "seconds", None),
+    }
+
+
+def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: ProgressReporter) -> dict[str, Any]:
+    """Run one job kind; return its JSON result. Engine modules are imported here (torch loads in the child only)."""
+    if kind == "train":
+        from .training import train_round
+
+        record = train_round(store, progress)
+        result: dict[str, Any] = {"model_version": record.version, "metrics": _jsonable(record.metrics)}
+        if params.get("then_rank"):
+            from .ranking import rank_round
+
+            result["rank"] = _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True))))
+        return result
+    if kind == "rank":
+        from .ranking import rank_round
+
+        return _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True))))
+    if kind == "pseudo-label":
+        from .ranking import pseudo_label_round
+
+        written = pseudo_label_round(store, progress)
+        return {"pseudo_labelled": sorted(written)}
+    raise ActiveSegError(f"unknown job kind {kind!r}")
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
+
+
+def execute(store_root: Path, job_id: str) -> str:
+    """Run job ``job_id`` of the datastore at ``store_root`` in this process and record its outcome.
+
+    Returns:
+        The final status written (``succeeded``, ``failed`` or ``cancelled``).
+    """
+    store = Datastore(store_root)
+    table = JobTable(store.meta_dir)
+    job = table.get(job_id)
+    progress = ProgressReporter(table, job_id)
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, progress.request_cancel)
+    logger.info("job %s: %s %s (pid %d)", job_id, job.kind, job.params, os.getpid())
+    status, result, error = "failed", None, None
+    try:
+        result = _run_kind(store, job.kind, job.params, progress)
+        status = "succeeded"
+    except TrainingCancelled:
+        status, error = "cancelled", "cancelled by request"
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error text
+        if _is_cuda_oom(exc):
+            error = (
+                "CUDA out of memory: the GPU has too little free memory for this job; lower training.batch_size "
+                f"or training.patch_size, or free the GPU, then retry ({str(exc).splitlines()[0] if str(exc) else ''})"
+            )
+        elif isinstance(exc, ActiveSegError):
+            error = str(exc)
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        logger.error("job %s failed: %s\n%s", job_id, error, traceback.format_exc())
+    if status == "succeeded":
+        progress.latest.update({"phase": "done"})
+        progress.flush()
+    table.finish(job_id, status, result=result, error=error)
+    logger.info("job %s %s", job_id, status)
+    return status
+
+
+def threading_is_main() -> bool:
+    """Signal handlers can only be installed from the main thread (tests call :func:`execute` from others)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the child process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        sys.stderr.write("usage: python -m activeseg.jobs_worker STORE JOBID\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        # Lower CPU priority than the server process so the API stays responsive on a busy machine.
+        os.nice(5)
+    except (AttributeError, OSError):
+        pass
+    execute(Path(args[0]), args[1])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

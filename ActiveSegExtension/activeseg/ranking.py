@@ -1,0 +1,155 @@
+"""A ranking round: score every candidate case with the active model (one deterministic pass each),
+queue the K most uncertain for the radiologist, and write pseudo-labels for the confident, agreeing ones.
+
+Candidates are training-split cases without a trusted label: ``unlabeled``, ``queued``, ``pseudo`` and
+``rejected`` (rejected cases may be queued for the radiologist but are never pseudo-labelled again).
+Unlabelled validation cases are queued too (route ``validation``): validation Dice needs them, and
+they are never trained on or pseudo-labelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write
+from .datastore import Datastore, ScoreRecord
+from .dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
+from .errors import ModelVersionError, TrainingCancelled
+from .inference import HeadProbabilities, load_checkpoint, predict_heads, select_device
+from .preprocessing import normalise_intensity
+from .pseudolabels import write_segmentation_file
+
+__all__ = ["RankResult", "score_case", "rank_round", "pseudo_label_round"]
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_STATES = ("unlabeled", "queued", "pseudo", "rejected")
+
+
+@dataclass
+class RankResult:
+    """What a ranking round decided.
+
+    Attributes:
+        model_version: the model that scored.
+        scores: every candidate's scores.
+        strong: case ids queued for the radiologist, most uncertain first.
+        weak: case ids that received a pseudo-label.
+        seconds: wall time of the round.
+    """
+
+    model_version: int
+    scores: list[CaseScore] = field(default_factory=list)
+    strong: list[str] = field(default_factory=list)
+    weak: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def score_case(case_id: str, heads: HeadProbabilities, num_classes: int) -> tuple[CaseScore, np.ndarray]:
+    """DSAL scores from the three heads' probabilities; also returns the main head's label map (k, j, i)."""
+    main, half, quarter = heads.label_maps()
+    score = CaseScore(
+        case_id=case_id,
+        mdsc=mdsc(main, [half, quarter], num_classes),
+        confidence=confidence(heads.main),
+        foreground_voxels=int((main > 0).sum()),
+    )
+    return score, main
+
+
+def _write_pseudo(store: Datastore, case_id: str, labelmap: np.ndarray) -> Path:
+    geometry = store.image_geometry(case_id)
+    target = store.meta_dir / "pseudo" / f"{case_id}.{uuid.uuid4().hex[:12]}.seg.nrrd"
+    return atomic_write(target, lambda path: write_segmentation_file(path, labelmap, geometry, store.config.labels))
+
+
+def rank_round(
+    store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None, write_pseudo: bool = True
+) -> RankResult:
+    """Score candidates with the active model, set the strong queue, rebuild the pseudo-label set.
+
+    Raises:
+        ModelVersionError: no model has been trained yet.
+        TrainingCancelled: ``progress`` returned False (nothing is changed).
+    """
+    version = store.active_version()
+    if version is None:
+        raise ModelVersionError("no model yet: run a training round before ranking")
+    config = store.config
+    device = select_device(config.training.device)
+    model = load_checkpoint(store.model(version).weights_path, device)
+    round_index = int(store.model(version).metrics.get("round", version))
+    candidates = [c for c in store.cases(split="train") if c.state in CANDIDATE_STATES]
+    started = time.perf_counter()
+    result = RankResult(model_version=version)
+    main_maps: dict[str, np.ndarray] = {}
+    for index, record in enumerate(candidates, start=1):
+        volume = store.load_image(record.case_id)
+        image = normalise_intensity(volume.array, config.intensity)
+        heads = predict_heads(model, image, config.training.patch_size, device, config.training.amp)
+        score, main = score_case(record.case_id, heads, config.num_classes)
+        result.scores.append(score)
+        main_maps[record.case_id] = main
+        elapsed = time.perf_counter() - started
+        if progress is not None and progress({
+            "phase": "rank", "step": index, "steps": len(candidates), "elapsed_s": elapsed,
+            "eta_s": elapsed / index * (len(candidates) - index),
+        }) is False:
+            raise TrainingCancelled("ranking cancelled")
+
+    eligible = {c.case_id for c in candidates if c.state != "rejected"}
+    quota = weak_quota(round_index, config.dsal) if write_pseudo else 0
+    result.strong, result.weak = route_cases(result.scores, config.dsal.strong_per_round, quota, config.dsal, eligible)
+    voxel_ml = {c.case_id: float(np.prod(store.image_geometry(c.case_id).spacing)) / 1000.0 for c in candidates}
+    routes = {cid: "strong" for cid in result.strong} | {cid: "weak" for cid in result.weak}
+    store.store_scores([
+        ScoreRecord(s.case_id, version, s.mdsc, s.confidence, s.foreground_voxels * voxel_ml[s.case_id], routes.get(s.case_id, "none"))
+        for s in result.scores
+    ])
+    validation_queue = [c.case_id for c in store.cases(split="val") if c.state in ("unlabeled", "queued")]
+    store.set_queue(validation_queue + result.strong)
+    if write_pseudo:
+        written = {case_id: _write_pseudo(store, case_id, main_maps[case_id]) for case_id in result.weak}
+        store.set_pseudo_labels(version, written)
+    result.seconds = time.perf_counter() - started
+    logger.info(
+        "ranked %d case(s) with model v%d in %.1f s: %d queued, %d pseudo-labelled",
+        len(candidates), version, result.seconds, len(result.strong), len(result.weak),
+    )
+    return result
+
+
+def pseudo_label_round(store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None) -> dict[str, Path]:
+    """(Re)write pseudo-labels for the cases the active model's stored scores routed ``weak``.
+
+    Useful after a rollback or when pseudo-label files should be rebuilt without re-ranking.
+
+    Raises:
+        ModelVersionError: no active model, or it has no stored scores.
+    """
+    version = store.active_version()
+    if version is None:
+        raise ModelVersionError("no model yet: run a training round first")
+    weak = [cid for cid, s in store.scores(version).items() if s.route == "weak"]
+    if not store.scores(version):
+        raise ModelVersionError(f"model v{version} has not ranked the pool yet: run a ranking job first")
+    config = store.config
+    device = select_device(config.training.device)
+    model = load_checkpoint(store.model(version).weights_path, device)
+    written = {}
+    for index, case_id in enumerate(weak, start=1):
+        image = normalise_intensity(store.load_image(case_id).array, config.intensity)
+        main = predict_heads(model, image, config.training.patch_size, device, config.training.amp).main.argmax(axis=0)
+        written[case_id] = _write_pseudo(store, case_id, main.astype(np.uint8))
+        if progress is not None and progress({"phase": "pseudo-label", "step": index, "steps": len(weak)}) is False:
+            raise TrainingCancelled("pseudo-labelling cancelled")
+    store.set_pseudo_labels(version, written)
+    return written
