@@ -27,7 +27,6 @@ __all__ = ["ProgressReporter", "execute", "main"]
 
 logger = logging.getLogger("activeseg.jobs_worker")
 
-# Fields of a progress event that the API exposes (others, e.g. ALNT statistics, are kept as they come).
 _MIN_WRITE_INTERVAL_S = 0.5  # at most 2 database writes per second
 
 
@@ -46,6 +45,7 @@ class ProgressReporter:
         self.min_interval_s = min_interval_s
         self.latest: dict[str, Any] = {"phase": "starting"}
         self.cancelled = False
+        self.orphaned = False
         self._parent = os.getppid()
         self._last_write = 0.0
         self._last_epoch: tuple[Any, Any] | None = None
@@ -72,7 +72,7 @@ class ProgressReporter:
             self.flush()
         if os.getppid() != self._parent:
             logger.error("the server process ended; stopping")
-            self.cancelled = True
+            self.cancelled = self.orphaned = True
         return not self.cancelled
 
     def flush(self) -> None:
@@ -142,7 +142,7 @@ def execute(store_root: Path, job_id: str) -> str:
     """Run job ``job_id`` of the datastore at ``store_root`` in this process and record its outcome.
 
     Returns:
-        The final status written (``succeeded``, ``failed`` or ``cancelled``).
+        The final status (``succeeded``, ``failed``, ``cancelled``, or ``interrupted`` when the server died).
     """
     store = Datastore(store_root)
     table = JobTable(store.meta_dir)
@@ -156,7 +156,10 @@ def execute(store_root: Path, job_id: str) -> str:
         result = _run_kind(store, job.kind, job.params, progress)
         status = "succeeded"
     except TrainingCancelled:
-        status, error = "cancelled", "cancelled by request"
+        if progress.orphaned:
+            status, error = "interrupted", "interrupted: the server stopped while this job was running"
+        else:
+            status, error = "cancelled", "cancelled by request"
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error text
         if _is_cuda_oom(exc):
             error = (
@@ -169,7 +172,7 @@ def execute(store_root: Path, job_id: str) -> str:
             error = f"{type(exc).__name__}: {exc}"
         logger.error("job %s failed: %s\n%s", job_id, error, traceback.format_exc())
     if status == "succeeded":
-        progress.latest.update({"phase": "done"})
+        progress.latest = {"phase": "done", "elapsed_s": progress.latest.get("elapsed_s")}
         progress.flush()
     table.finish(job_id, status, result=result, error=error)
     logger.info("job %s %s", job_id, status)

@@ -6,7 +6,15 @@ as it is (no traceback). The HTTP client adds its own ``ClientError`` here, next
 
 from __future__ import annotations
 
-__all__ = ["ActiveSegModuleError", "MrmlBridgeError", "BackendStartError"]
+__all__ = [
+    "ActiveSegModuleError",
+    "MrmlBridgeError",
+    "BackendStartError",
+    "ClientError",
+    "BackendUnavailableError",
+    "BackendRequestError",
+    "AuthenticationError",
+]
 
 
 class ActiveSegModuleError(Exception):
@@ -34,3 +42,47 @@ class BackendStartError(ActiveSegModuleError):
         super().__init__(full)
         self.output = output
         self.returncode = returncode
+
+
+class ClientError(ActiveSegModuleError):
+    """Base class of the HTTP client's errors (:mod:`ActiveSegLib.client`)."""
+
+
+class BackendUnavailableError(ClientError):
+    """The backend could not be reached: connection refused, name not resolved, or no answer in time.
+
+    Attributes:
+        url: the URL that was requested.
+    """
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class BackendRequestError(ClientError):
+    """The backend answered with an HTTP error; ``str(exc)`` is the backend's own message.
+
+    The backend's error body is ``{"error": {"code": ..., "message": ...}}``; a body that is not (a proxy's HTML
+    page, say) gives ``code="http_error"`` and a short excerpt as the message.
+
+    Attributes:
+        status: the HTTP status code (404, 409, 422, ...).
+        code: the backend's machine-readable error code (``unknown_case``, ``leased``, ``job_running``, ...).
+        message: the backend's human-readable message, fit to show to the user.
+        url: the URL that was requested.
+    """
+
+    def __init__(self, status: int, code: str, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.code = code
+        self.message = message
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r}, message={self.message!r})"
+
+
+class AuthenticationError(BackendRequestError):
+    """HTTP 401: the backend needs a bearer token and none, or the wrong one, was sent."""

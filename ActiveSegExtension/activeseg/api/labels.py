@@ -1,0 +1,112 @@
+"""Label submission (``PUT /v1/cases/{id}/label``) and pseudo-label review (accept / reject; edit = submit)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..datastore import CaseRecord, Datastore
+from ..errors import ActiveSegError, ImageReadError
+from ..imageio import read_volume
+from ..pseudolabels import read_segmentation_labelmap
+from .cases import ANNOTATOR
+from .context import ServerContext, get_context
+from .errors import ERROR_RESPONSES
+from .schemas import CaseOut, ErrorOut, case_out
+from .uploads import check_nifti_complete
+
+__all__ = ["router", "UploadTooLargeError"]
+
+router = APIRouter(prefix="/cases", tags=["labels"], responses=ERROR_RESPONSES)
+
+UploadFormat = Literal[".nii.gz", ".nii", ".nrrd", ".seg.nrrd"]
+
+
+class UploadTooLargeError(ActiveSegError):
+    """An upload body above the server's ``max_upload_bytes``."""
+
+    code = "too_large"
+    http_status = 413
+
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "the label file's bytes: a labelmap (.nii.gz/.nii/.nrrd) or a Slicer .seg.nrrd",
+    }
+}
+
+
+def _store_label(store: Datastore, case_id: str, path: Path, file_format: str, no_finding: bool, annotator: str) -> CaseRecord:
+    """Decode the uploaded file and hand it to the datastore, which validates and writes it atomically."""
+    if file_format in (".nii.gz", ".nii"):
+        check_nifti_complete(path, compressed=file_format == ".nii.gz")
+    if file_format == ".seg.nrrd":
+        label = read_segmentation_labelmap(path, store.config.labels)
+    else:
+        label = read_volume(path)  # float32, so non-integer values are caught by validation, not truncated
+    return store.submit_label(case_id, label, no_finding=no_finding, annotator=annotator)
+
+
+@router.put(
+    "/{case_id}/label",
+    response_model=CaseOut,
+    summary="Submit an expert label (also: edit-and-submit a pseudo-label)",
+    responses={413: {"model": ErrorOut, "description": "upload larger than max_upload_bytes"}},
+    openapi_extra=_UPLOAD_DOC,
+)
+async def submit_label(
+    case_id: str,
+    request: Request,
+    annotator: str = ANNOTATOR,
+    no_finding: bool = Query(False, description="the case has no finding: an all-background label is intended"),
+    file_format: UploadFormat = Query(".nii.gz", alias="format", description="the uploaded file's format suffix"),
+    context: ServerContext = Depends(get_context),
+) -> CaseOut:
+    """Validate (geometry equal to the image's, values in the label set, non-empty unless ``no_finding``) and store.
+
+    The case becomes ``labeled``; its lease and pseudo-label are cleared. Refused with 409 when another
+    annotator holds the lease. Nothing is changed by a refused upload.
+    """
+    store = context.store
+    # Reject an unknown or malformed id before reading a possibly large body.
+    await run_in_threadpool(store.case, case_id)
+    limit = context.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadTooLargeError(f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    fd, name = tempfile.mkstemp(prefix="activeseg-upload-", suffix=file_format)
+    try:
+        size = 0
+        # Chunks go to a private temp file (page-cache writes of <= 64 KiB: microseconds, fine on the loop);
+        # decoding and validation, the slow part, run in the threadpool.
+        with os.fdopen(fd, "wb") as handle:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # a body without (or lying about) Content-Length is counted as it streams
+                    raise UploadTooLargeError(f"upload exceeds the limit of {limit} bytes")
+                handle.write(chunk)
+        if size == 0:
+            raise ImageReadError("empty upload: send the label file's bytes as the request body")
+        record = await run_in_threadpool(_store_label, store, case_id, Path(name), file_format, no_finding, annotator)
+    finally:
+        os.unlink(name)
+    return case_out(record, store.scores().get(case_id))
+
+
+@router.post("/{case_id}/pseudo/accept", response_model=CaseOut, summary="Accept a pseudo-label as a trusted label")
+def accept_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> CaseOut:
+    """The pseudo-label becomes the case's label (state ``accepted``, trained at full weight)."""
+    return case_out(context.store.accept_pseudo(case_id), context.store.scores().get(case_id))
+
+
+@router.post("/{case_id}/pseudo/reject", response_model=CaseOut, summary="Reject a pseudo-label")
+def reject_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> CaseOut:
+    """The pseudo-label is dropped and the case is not pseudo-labelled again (state ``rejected``)."""
+    return case_out(context.store.reject_pseudo(case_id), context.store.scores().get(case_id))

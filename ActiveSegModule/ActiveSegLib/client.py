@@ -1,0 +1,381 @@
+"""HTTP client of the ActiveSeg backend's ``/v1`` API. Stdlib only (``urllib``), so it runs in Slicer's Python.
+
+Every call blocks: inside Slicer run it off the main thread (:class:`ActiveSegLib.worker.BackgroundTasks`). The
+protocol is the backend's OpenAPI (``GET /v1/openapi.json``) plus the example bodies under
+``Testing/fixtures/api/``; this file is written against those, never copied from the server.
+
+Errors are typed (:mod:`ActiveSegLib.errors`):
+    * :class:`BackendUnavailableError`: connection refused, unknown host, timeout; nothing was answered.
+    * :class:`AuthenticationError`: 401, a missing or wrong bearer token.
+    * :class:`BackendRequestError`: any other HTTP error, carrying the backend's ``{"error": {"code", "message"}}``.
+
+Images and labels travel as file bytes (NIfTI / NRRD / ``.seg.nrrd``), whose headers carry the geometry in LPS;
+turning them into RAS MRML nodes is :mod:`ActiveSegLib.mrml`'s job.
+
+Example:
+    >>> client = ActiveSegClient("http://127.0.0.1:8000", token=None)   # doctest: +SKIP
+    >>> client.info()["labels"]                                          # doctest: +SKIP
+    {'1': 'lung', '2': 'lesion'}
+"""
+
+from __future__ import annotations
+
+import email.message
+import ipaddress
+import json
+import logging
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError
+
+__all__ = ["API_PREFIX", "ActiveSegClient", "Download"]
+
+logger = logging.getLogger(__name__)
+
+#: Path prefix of the versioned API.
+API_PREFIX = "/v1"
+
+_JSON = "application/json"
+_BINARY = "application/octet-stream"
+# Label upload formats the backend accepts (``PUT /v1/cases/{id}/label?format=``).
+_UPLOAD_FORMATS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+
+
+@dataclass(frozen=True)
+class Download:
+    """A downloaded file.
+
+    Attributes:
+        data: the file's bytes.
+        filename: the name the backend gave (``Content-Disposition``), e.g. ``phantom_003.nii.gz``; its suffix
+            tells the format. Empty when the backend sent none.
+    """
+
+    data: bytes
+    filename: str
+
+    @property
+    def suffix(self) -> str:
+        """The format suffix of :attr:`filename`: ``.seg.nrrd``, ``.nii.gz``, ``.nii``, ``.nrrd`` or ``""``."""
+        lowered = self.filename.lower()
+        for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd"):
+            if lowered.endswith(suffix):
+                return suffix
+        return ""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _quote(segment: str) -> str:
+    """One URL path segment, escaped (a case id containing ``/`` must not walk the path)."""
+    return urllib.parse.quote(str(segment), safe="")
+
+
+def _filename(headers: email.message.Message) -> str:
+    disposition = headers.get("Content-Disposition", "")
+    if not disposition:
+        return ""
+    parsed = email.message.Message()
+    parsed["Content-Disposition"] = disposition
+    name = parsed.get_filename() or ""
+    return name.replace("/", "_").replace("\\", "_")  # a name, never a path
+
+
+class ActiveSegClient:
+    """Blocking client of one backend.
+
+    Thread-safe: every call opens its own connection, so worker threads may share one client.
+
+    Args:
+        base_url: the backend's root, e.g. ``http://127.0.0.1:41234`` (a trailing ``/v1`` is tolerated).
+        token: bearer token sent as ``Authorization: Bearer <token>``; ``None`` or empty: none sent.
+        timeout_s: seconds to wait to connect and for each read (downloads of large volumes may need more).
+
+    Raises:
+        ValueError: ``base_url`` is not an ``http(s)://host[:port]`` URL, or ``timeout_s`` is not positive.
+    """
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+        url = (base_url or "").strip().rstrip("/")
+        if url.endswith(API_PREFIX):
+            url = url[: -len(API_PREFIX)]
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"backend URL must look like http://host:port, got {base_url!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        self.base_url = url
+        self.token = token or None
+        self.timeout_s = float(timeout_s)
+        # A loopback backend never goes through an HTTP proxy from the environment (it could not reach it).
+        handlers: list[urllib.request.BaseHandler] = []
+        if _is_loopback(parts.hostname):
+            handlers.append(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __repr__(self) -> str:
+        return f"ActiveSegClient({self.base_url!r}, token={'***' if self.token else None})"
+
+    # ------------------------------------------------------------------ transport
+
+    def _url(self, path: str, params: dict[str, Any] | None = None) -> str:
+        url = f"{self.base_url}{API_PREFIX}{path}"
+        if params:
+            query = {k: ("true" if v is True else "false" if v is False else v) for k, v in params.items()
+                     if v is not None}
+            if query:
+                url += "?" + urllib.parse.urlencode(query)
+        return url
+
+    def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: bytes | None = None,
+              content_type: str | None = None, accept: str = _JSON,
+              timeout_s: float | None = None) -> tuple[bytes, email.message.Message]:
+        """One request; returns (body, headers) of a 2xx answer or raises a typed :class:`ClientError`."""
+        url = self._url(path, params)
+        request = urllib.request.Request(url, data=body, method=method)
+        request.add_header("Accept", accept)
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        logger.debug("%s %s", method, url)
+        try:
+            with self._opener.open(request, timeout=timeout) as response:
+                return response.read(), response.headers
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(exc, url) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                raise BackendUnavailableError(f"backend at {self.base_url} did not answer within {timeout:g} s",
+                                              url) from exc
+            raise BackendUnavailableError(f"cannot reach the backend at {self.base_url}: {reason}", url) from exc
+        except (TimeoutError, socket.timeout) as exc:  # read timeout after connecting
+            raise BackendUnavailableError(f"backend at {self.base_url} did not answer within {timeout:g} s",
+                                          url) from exc
+        except (ConnectionError, OSError) as exc:  # reset mid-answer, backend stopped
+            raise BackendUnavailableError(f"connection to the backend at {self.base_url} failed: {exc}", url) from exc
+
+    @staticmethod
+    def _http_error(exc: urllib.error.HTTPError, url: str) -> BackendRequestError:
+        status = exc.code
+        try:
+            raw = exc.read()
+        except OSError:
+            raw = b""
+        finally:
+            exc.close()
+        code, message = "http_error", ""
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+            error = payload.get("error") if isinstance(payload, dict) else None
+            if isinstance(error, dict):
+                code = str(error.get("code") or code)
+                message = str(error.get("message") or "")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        if not message:
+            excerpt = raw[:200].decode("utf-8", "replace").strip()
+            message = f"HTTP {status} {exc.reason}" + (f": {excerpt}" if excerpt else "")
+        error_class = AuthenticationError if status == 401 else BackendRequestError
+        return error_class(status, code, message, url)
+
+    def _json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              payload: Any = None, timeout_s: float | None = None) -> Any:
+        body = json.dumps(payload).encode("utf-8") if payload is not None else None
+        data, _ = self._send(method, path, params=params, body=body,
+                             content_type=_JSON if body is not None else None, timeout_s=timeout_s)
+        if not data:
+            return None
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ClientError(f"backend answered {method} {path} with a body that is not JSON: {exc}") from exc
+
+    def _download(self, path: str, params: dict[str, Any] | None = None,
+                  timeout_s: float | None = None) -> Download:
+        data, headers = self._send("GET", path, params=params, accept=_BINARY, timeout_s=timeout_s)
+        return Download(data=data, filename=_filename(headers))
+
+    # ------------------------------------------------------------------ info
+
+    def health(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """``GET /v1/health``: ``{"status": "ok"}`` while the backend runs (cheap; use a short timeout)."""
+        return self._json("GET", "/health", timeout_s=timeout_s)
+
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: version, device, ``labels`` (value as string -> name), active model, counts per state,
+        running job id, ``auth_required``, ``max_upload_bytes``."""
+        return self._json("GET", "/info")
+
+    # ------------------------------------------------------------------ cases and queue
+
+    def cases(self, state: str | None = None, split: str | None = None) -> dict[str, Any]:
+        """``GET /v1/cases``: ``{"active_model", "cases": [case, ...]}``, optionally filtered by state / split."""
+        return self._json("GET", "/cases", params={"state": state, "split": split})
+
+    def case(self, case_id: str) -> dict[str, Any]:
+        """``GET /v1/cases/{id}``: one case (state, scores, lease holder, ``has_pseudo``...)."""
+        return self._json("GET", f"/cases/{_quote(case_id)}")
+
+    def queue(self) -> dict[str, Any]:
+        """``GET /v1/queue``: ``{"active_model", "items": [{"rank", "case"}, ...]}``, most uncertain first."""
+        return self._json("GET", "/queue")
+
+    def lease_next(self, annotator: str) -> dict[str, Any] | None:
+        """``POST /v1/queue/next``: lease the most uncertain free case to ``annotator``.
+
+        Returns:
+            the leased case, or ``None`` when the queue is empty or every queued case is leased by others.
+        """
+        answer = self._json("POST", "/queue/next", params={"annotator": annotator})
+        return answer.get("case") if isinstance(answer, dict) else None
+
+    def lease(self, case_id: str, annotator: str) -> dict[str, Any]:
+        """``POST /v1/cases/{id}/lease``: lease (or renew) one case. 409 ``leased`` if someone else holds it."""
+        return self._json("POST", f"/cases/{_quote(case_id)}/lease", params={"annotator": annotator})
+
+    def release(self, case_id: str, annotator: str) -> dict[str, Any]:
+        """``DELETE /v1/cases/{id}/lease``: give a lease back."""
+        return self._json("DELETE", f"/cases/{_quote(case_id)}/lease", params={"annotator": annotator})
+
+    # ------------------------------------------------------------------ files
+
+    def download_image(self, case_id: str, timeout_s: float | None = None) -> Download:
+        """``GET /v1/cases/{id}/image``: the image file as stored (NIfTI or NRRD; see :attr:`Download.suffix`)."""
+        return self._download(f"/cases/{_quote(case_id)}/image", timeout_s=timeout_s)
+
+    def download_label(self, case_id: str, timeout_s: float | None = None) -> Download:
+        """``GET /v1/cases/{id}/label``: the expert/accepted label as ``.seg.nrrd``. 409 when there is none."""
+        return self._download(f"/cases/{_quote(case_id)}/label", timeout_s=timeout_s)
+
+    def download_pseudo(self, case_id: str, timeout_s: float | None = None) -> Download:
+        """``GET /v1/cases/{id}/pseudo``: the pending pseudo-label as ``.seg.nrrd``. 409 when there is none."""
+        return self._download(f"/cases/{_quote(case_id)}/pseudo", timeout_s=timeout_s)
+
+    def download_prediction(self, case_id: str, timeout_s: float | None = None) -> Download | None:
+        """The active model's prediction for a case as ``.seg.nrrd``, to start editing from.
+
+        Asks ``GET /v1/cases/{id}/prediction``, an endpoint proposed to the backend and not served yet; until it
+        is, this returns ``None`` (the route answers 404 ``not_found``), as it does when the case has no
+        prediction (409). An unknown case still raises (404 ``unknown_case``).
+
+        Returns:
+            the prediction, or ``None`` when the backend offers none.
+        """
+        try:
+            return self._download(f"/cases/{_quote(case_id)}/prediction", timeout_s=timeout_s)
+        except BackendRequestError as exc:
+            if (exc.status == 404 and exc.code == "not_found") or exc.status in (405, 409):
+                logger.debug("no prediction for %s: %s", case_id, exc)
+                return None
+            raise
+
+    def submit_label(self, case_id: str, data: bytes, annotator: str, *, no_finding: bool = False,
+                     file_format: str = ".seg.nrrd", timeout_s: float | None = None) -> dict[str, Any]:
+        """``PUT /v1/cases/{id}/label``: submit an expert label (also: edit-and-submit a pseudo-label).
+
+        Args:
+            case_id: the case.
+            data: the label file's bytes, on exactly the case image's grid.
+            annotator: who labelled it (must hold the lease if anyone does).
+            no_finding: the case has nothing to segment; an all-background label is intended.
+            file_format: ``.seg.nrrd`` (default), ``.nii.gz``, ``.nii`` or ``.nrrd``.
+            timeout_s: override the client's timeout (the backend validates the file before answering).
+
+        Returns:
+            the case after submission (``state`` ``labeled``).
+
+        Raises:
+            ValueError: an unsupported ``file_format``.
+            BackendRequestError: 409 leased by someone else, 422 invalid label (geometry, values, empty), ...
+        """
+        if file_format not in _UPLOAD_FORMATS:
+            raise ValueError(f"file_format must be one of {_UPLOAD_FORMATS}, got {file_format!r}")
+        body, _ = self._send(
+            "PUT", f"/cases/{_quote(case_id)}/label", body=bytes(data), content_type=_BINARY,
+            params={"annotator": annotator, "no_finding": bool(no_finding), "format": file_format},
+            timeout_s=timeout_s,
+        )
+        return json.loads(body.decode("utf-8"))
+
+    def accept_pseudo(self, case_id: str) -> dict[str, Any]:
+        """``POST /v1/cases/{id}/pseudo/accept``: the pseudo-label becomes the case's label (state ``accepted``)."""
+        return self._json("POST", f"/cases/{_quote(case_id)}/pseudo/accept")
+
+    def reject_pseudo(self, case_id: str) -> dict[str, Any]:
+        """``POST /v1/cases/{id}/pseudo/reject``: drop the pseudo-label (state ``rejected``)."""
+        return self._json("POST", f"/cases/{_quote(case_id)}/pseudo/reject")
+
+    # ------------------------------------------------------------------ jobs
+
+    def start_train(self, *, then_rank: bool = True, write_pseudo: bool = True) -> dict[str, Any]:
+        """``POST /v1/jobs/train`` (202): start a training round. 409 ``job_running`` if a job runs.
+
+        Args:
+            then_rank: rank the cases with the new model when training ends (refreshes queue and pseudo-labels).
+            write_pseudo: with ``then_rank``, also rebuild the pseudo-label set.
+
+        Returns:
+            the job (``job_id``, ``status`` ``running``, ``progress``...).
+        """
+        return self._json("POST", "/jobs/train", payload={"then_rank": bool(then_rank),
+                                                          "write_pseudo": bool(write_pseudo)})
+
+    def start_rank(self, *, write_pseudo: bool = True) -> dict[str, Any]:
+        """``POST /v1/jobs/rank`` (202): score the pool with the active model, set the queue (and pseudo-labels)."""
+        return self._json("POST", "/jobs/rank", payload={"write_pseudo": bool(write_pseudo)})
+
+    def start_pseudo_label(self) -> dict[str, Any]:
+        """``POST /v1/jobs/pseudo-label`` (202): rewrite the weak set's pseudo-labels with the active model."""
+        return self._json("POST", "/jobs/pseudo-label")
+
+    def job(self, job_id: str, log_lines: int = 20) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``: status (running, succeeded, failed, cancelled, interrupted), ``progress``
+        (phase, epoch/epochs, step/steps, loss, val_dice, eta_s, elapsed_s in seconds), log tail, error text."""
+        return self._json("GET", f"/jobs/{_quote(job_id)}", params={"log_lines": int(log_lines)})
+
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """``GET /v1/jobs``: recent jobs, newest first (without logs)."""
+        return list(self._json("GET", "/jobs", params={"limit": int(limit)}).get("jobs", []))
+
+    def job_log(self, job_id: str, lines: int = 200) -> str:
+        """``GET /v1/jobs/{id}/log``: the last ``lines`` lines of a job's log as text."""
+        data, _ = self._send("GET", f"/jobs/{_quote(job_id)}/log", params={"lines": int(lines)}, accept="text/plain")
+        return data.decode("utf-8", "replace")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """``POST /v1/jobs/{id}/cancel`` (202): stop a job's process tree; poll :meth:`job` until ``cancelled``."""
+        return self._json("POST", f"/jobs/{_quote(job_id)}/cancel")
+
+    # ------------------------------------------------------------------ models
+
+    def models(self) -> dict[str, Any]:
+        """``GET /v1/models``: ``{"active", "models": [{"version", "parent", "created", "active", "metrics"}]}``."""
+        return self._json("GET", "/models")
+
+    def model(self, version: int) -> dict[str, Any]:
+        """``GET /v1/models/{version}``: one model version. 404 ``model_version`` if unknown."""
+        return self._json("GET", f"/models/{int(version)}")
+
+    def activate_model(self, version: int) -> dict[str, Any]:
+        """``POST /v1/models/{version}/activate``: make an existing version active (rollback)."""
+        return self._json("POST", f"/models/{int(version)}/activate")
+
+    def learning_curve(self) -> list[dict[str, Any]]:
+        """``GET /v1/learning-curve``: one point per model version, oldest first: ``version``, ``round``,
+        ``n_expert``, ``n_pseudo``, ``val_dice`` (mean validation Dice in [0, 1]), ``final_loss``, ``active``."""
+        return list(self._json("GET", "/learning-curve").get("points", []))
