@@ -73,7 +73,7 @@ from torch.func import functional_call, jvp
 
 from .config import AlntConfig
 from .errors import ConfigError
-from .losses import per_sample_deep_supervision_loss
+from .losses import DEEP_SUPERVISION_WEIGHTS, per_sample_deep_supervision_loss, per_sample_dice_ce
 from .networks import DeepSupervisedUNet3D, DeepSupervisionOutput
 
 __all__ = [
@@ -317,12 +317,14 @@ def directional_derivatives(
 
 
 def _logit_gradients(outputs: DeepSupervisionOutput, labels: torch.Tensor) -> torch.Tensor:
-    """``d (sum_i l_i) / d z_main`` by re-evaluating only the loss on detached logits (no network pass)."""
+    """``d (sum_i l_i) / d z_main`` by re-evaluating only the loss on detached logits (no network pass).
+
+    Only the main head's term of the deep-supervision loss depends on ``z_main`` (the auxiliary heads
+    have their own 1x1 convolutions on other features), so only that term is differentiated.
+    """
     main = outputs.main.detach().requires_grad_(True)
     with torch.enable_grad():
-        losses = per_sample_deep_supervision_loss(
-            DeepSupervisionOutput(main, outputs.half.detach(), outputs.quarter.detach()), labels
-        )
+        losses = DEEP_SUPERVISION_WEIGHTS["main"] * per_sample_dice_ce(main, labels)
         (grad,) = torch.autograd.grad(losses.sum(), main)
     return grad
 

@@ -59,8 +59,15 @@ class SimulatedRadiologist:
         store.submit_label(case_id, truth, no_finding=not truth.array.any(), annotator="simulated-radiologist")
 
 
-def run_demo(out: Path, cases: int = 24, rounds: int = 3, initial_labels: int = 4, seed: int = 0, progress: bool = True) -> dict:
+def run_demo(
+    out: Path, cases: int = 24, rounds: int = 3, initial_labels: int = 4, seed: int = 0, progress: bool = True,
+    config: Config | None = None, shape: tuple[int, int, int] = (32, 64, 64),
+) -> dict:
     """Run the demo into ``out`` (replaced if it exists) and return its summary.
+
+    Args:
+        config: settings (default: :func:`demo_config`); tests pass a tiny network.
+        shape: phantom size (k, j, i) voxels.
 
     Returns:
         ``{"rounds": [per-round dict], "curve": png path, "pseudo_labels": [paths], "seconds": wall time}``.
@@ -70,8 +77,8 @@ def run_demo(out: Path, cases: int = 24, rounds: int = 3, initial_labels: int = 
     if out.exists():
         shutil.rmtree(out)
     logger.info("Generating %d phantoms in %s ...", cases, out / "phantoms")
-    write_phantom_dataset(out / "phantoms", cases, seed=seed)
-    store, _ = init_datastore(out / "store", out / "phantoms", config=demo_config(), seed=seed)
+    write_phantom_dataset(out / "phantoms", cases, seed=seed, shape=shape)
+    store, _ = init_datastore(out / "store", out / "phantoms", config=config or demo_config(), seed=seed)
     radiologist = SimulatedRadiologist(out / "phantoms" / "labelsTr")
     for record in store.cases(split="val"):
         radiologist.label(store, record.case_id)

@@ -349,15 +349,18 @@ class JobRunner:
         code = process.wait()
         with self._lock:
             self._processes.pop(job_id, None)
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         job = self.table.get(job_id)
-        if job.status != "running":
-            return
-        if job.cancel_requested:
-            self.table.finish(job_id, "cancelled", error="cancelled by request")
-        else:
-            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            self.table.finish(job_id, "failed", error=f"the worker process ended unexpectedly ({how}); see the log")
-        logger.info("job %s worker ended (%s)", job_id, code)
+        if job.status == "running":
+            if job.cancel_requested:
+                self.table.finish(job_id, "cancelled", error="cancelled by request")
+            else:
+                self.table.finish(job_id, "failed", error=f"the worker process ended unexpectedly ({how}); see the log")
+            job = self.table.get(job_id)
+        # The log also tells how it ended, even when the worker died before writing a line.
+        with open(self.table.log_path(job_id), "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [server] job {job_id} worker ended ({how}); job {job.status}\n")
+        logger.info("job %s worker ended (%s); %s", job_id, how, job.status)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask a running job to stop: SIGTERM to its process group, SIGKILL after the grace period.

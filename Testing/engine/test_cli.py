@@ -1,0 +1,72 @@
+"""The ``activeseg`` command line, run as a user runs it (a subprocess), plus the demo on a tiny network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from activeseg.demo import run_demo
+
+from .conftest import PHANTOM_SHAPE, tiny_config
+
+TINY = [
+    "--set", "network.channels=4,8,16,16", "--set", "training.patch_size=16,32,32",
+    "--set", "training.epochs_first=1", "--set", "training.steps_per_epoch=2",
+]
+
+
+def activeseg(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "activeseg", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_init_train_rank_queue_status(phantom_source: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(phantom_source, source)
+    (source / "imagesTr" / "phantom_009.nii.gz").write_bytes(b"not an image")
+    store = tmp_path / "store"
+    result = activeseg("init", str(store), "--from", str(source), "--with-labels", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "phantom_009.nii.gz" in result.stderr and "skipped" in result.stderr
+    assert "9 case(s)" in result.stderr
+    config = json.loads(activeseg("config", "--data", str(store)).stdout)
+    assert config["labels"] == {"1": "lung", "2": "lesion"} and config["network"]["channels"] == [4, 8, 16, 16]
+    changed = activeseg("config", "--data", str(store), "--set", "alnt.lambda=1", "--set", "alnt.rectify=false")
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["alnt"]["lambda_"] == 1.0
+    assert activeseg("train", "--data", str(store), "--quiet").returncode == 0
+    ranked = activeseg("rank", "--data", str(store), "--quiet")
+    assert ranked.returncode == 0, ranked.stderr
+    status = activeseg("status", "--data", str(store))
+    assert "* v1" in status.stdout
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = activeseg("status", "--data", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "not an ActiveSeg datastore" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad_source = activeseg("init", str(tmp_path / "s"), "--from", str(tmp_path))
+    assert bad_source.returncode == 2 and "no .nii.gz" in bad_source.stderr
+
+
+def test_bad_setting_is_named(phantom_source: Path, tmp_path: Path) -> None:
+    result = activeseg("init", str(tmp_path / "s"), "--from", str(phantom_source), "--set", "alnt.lambda=2")
+    assert result.returncode == 2 and "alnt.lambda" in result.stderr
+    result = activeseg("init", str(tmp_path / "s"), "--from", str(phantom_source), "--set", "nonsense.x=1")
+    assert result.returncode == 2 and "nonsense.x=1" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    config = tiny_config()
+    config.val_fraction = 0.25
+    config.dsal.strong_per_round = 2
+    summary = run_demo(tmp_path / "demo", cases=8, rounds=2, initial_labels=2, progress=False, config=config, shape=PHANTOM_SHAPE)
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][1]["expert"] == 2 + 2  # the radiologist labelled round 1's queue
+    assert summary["curve"].is_file() and summary["curve"].stat().st_size > 1000
+    assert all(p.name.endswith(".seg.nrrd") and p.is_file() for p in summary["pseudo_labels"])

@@ -1,0 +1,97 @@
+"""Training rounds, ranking rounds and the loop they make, on small phantoms with tiny networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from activeseg.datastore import Datastore
+from activeseg.errors import CaseStateError, ModelVersionError, TrainingCancelled
+from activeseg.imageio import read_volume
+from activeseg.networks import build_network
+from activeseg.ranking import rank_round
+from activeseg.training import load_training_data, train_round, validation_dice
+
+from .conftest import image_pairs, tiny_config
+
+
+def label_cases(store: Datastore, source: Path, case_ids: list[str]) -> None:
+    for case_id in case_ids:
+        label = read_volume(source / "labelsTr" / f"{case_id}.nii.gz", dtype=np.uint8)
+        store.submit_label(case_id, label, no_finding=True)
+
+
+@pytest.fixture()
+def labelled_store(phantom_source: Path, tmp_path: Path) -> Datastore:
+    config = tiny_config()
+    store, _ = Datastore.create(tmp_path / "store", image_pairs(phantom_source), config, seed=1)
+    label_cases(store, phantom_source, [c.case_id for c in store.cases(split="val")])
+    label_cases(store, phantom_source, [c.case_id for c in store.cases(split="train")][:4])
+    return store
+
+
+def test_training_without_labels_is_refused(phantom_source: Path, tmp_path: Path) -> None:
+    store, _ = Datastore.create(tmp_path / "store", image_pairs(phantom_source), tiny_config())
+    with pytest.raises(CaseStateError, match="no expert labels"):
+        train_round(store)
+    with pytest.raises(ModelVersionError, match="no model"):
+        rank_round(store)
+
+
+@pytest.mark.slow
+def test_training_raises_validation_dice_well_above_untrained(labelled_store: Datastore) -> None:
+    store = labelled_store
+    store.config.training.epochs_first = 10
+    store.config.training.steps_per_epoch = 5
+    store.config.training.learning_rate = 5e-3
+    data = load_training_data(store)
+    torch.manual_seed(store.config.training.seed)
+    untrained = build_network(store.config.num_classes, store.config.network.channels, store.config.network.dropout)
+    before = validation_dice(untrained, data.validation, store.config, torch.device("cpu"))
+    events: list[dict] = []
+    record = train_round(store, progress=lambda e: events.append(e) or True)
+    after = record.metrics["val_dice"]
+    assert after["lung"] > before["lung"] + 0.3, (before, after)
+    assert after["mean"] > before["mean"] + 0.15, (before, after)
+    # progress: every step reported with a loss and a finite ETA; ETA reaches 0 at the end
+    train_events = [e for e in events if e["phase"] == "train"]
+    assert len(train_events) == 10 * 5
+    assert all(np.isfinite(e["loss"]) and e["eta_s"] >= 0 for e in train_events)
+    assert events[-1]["eta_s"] == pytest.approx(0.0, abs=1e-6)
+    assert len(record.metrics["loss_history"]) == 10
+
+
+def test_round_loop_versions_scores_queue_and_pseudo_labels(labelled_store: Datastore) -> None:
+    store = labelled_store
+    first = train_round(store)
+    assert first.version == 1 and first.metrics["round"] == 1 and first.metrics["parent"] is None
+    result = rank_round(store)
+    candidates = {c.case_id for c in store.cases(split="train") if c.state not in ("labeled", "accepted")} | set(result.weak)
+    assert {s.case_id for s in result.scores} <= candidates | set(result.strong)
+    assert len(result.strong) == store.config.dsal.strong_per_round
+    assert not set(result.strong) & set(result.weak)
+    states = {c.case_id: c.state for c in store.cases()}
+    assert all(states[c] == "queued" for c in result.strong)
+    assert all(states[c] == "pseudo" for c in result.weak)
+    stored = store.scores(first.version)
+    assert {cid for cid, s in stored.items() if s.route == "strong"} == set(result.strong)
+    # validation cases are never scored for routing nor pseudo-labelled
+    assert not {c.case_id for c in store.cases(split="val")} & set(stored)
+
+    second = train_round(store)
+    assert second.version == 2 and second.metrics["parent"] == 1
+    assert second.metrics["n_pseudo"] == len(result.weak)
+    assert first.weights_path.is_file() and first.weights_path != second.weights_path
+    if result.weak:
+        assert second.metrics["alnt"], "ALNT statistics are recorded when pseudo-labels train"
+    store.activate(first.version)
+    assert store.active_version() == 1
+
+
+def test_cancelling_writes_no_version(labelled_store: Datastore) -> None:
+    with pytest.raises(TrainingCancelled):
+        train_round(labelled_store, progress=lambda event: False)
+    assert labelled_store.models() == []

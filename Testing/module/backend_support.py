@@ -1,0 +1,53 @@
+"""Helpers for module tests that need a real backend: tiny phantom datastores and the settings that make a
+training round take seconds on one CPU core. The backend itself is started with ``BackendLauncher`` (the
+module's own launcher), using this interpreter, which has ``activeseg`` installed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SHAPE", "TINY_SETTINGS", "FIXTURES", "make_store", "fixture", "ground_truth_path"]
+
+#: Phantom grid (k, j, i) voxels.
+SHAPE = (16, 32, 32)
+
+#: ``--set`` overrides for ``activeseg init``: a network and rounds small enough for a test.
+TINY_SETTINGS = (
+    "network.channels=4,8,8,16", "training.patch_size=16,32,32", "training.batch_size=1",
+    "training.epochs_first=2", "training.epochs_per_round=1", "training.steps_per_epoch=2",
+    "training.num_threads=1", "training.device=cpu", "alnt.pseudo_batch_size=1",
+    "dsal.strong_per_round=2", "dsal.weak_start_round=1", "dsal.weak_initial=2",
+)
+
+#: The protocol's example bodies, shared with the server's tests.
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "api"
+
+
+def fixture(name: str) -> Any:
+    """One JSON fixture, e.g. ``fixture("queue")``."""
+    return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def make_store(root: Path, count: int = 8) -> tuple[Path, Path]:
+    """Write ``count`` phantoms and ``activeseg init`` a datastore from them (labels not imported).
+
+    Returns:
+        (datastore folder, phantom folder with ``labelsTr/`` holding the ground truth).
+    """
+    from activeseg.phantoms import write_phantom_dataset
+
+    dataset = write_phantom_dataset(root / "phantoms", count=count, shape=SHAPE)
+    store = root / "store"
+    overrides = [arg for item in TINY_SETTINGS for arg in ("--set", item)]
+    subprocess.run([sys.executable, "-m", "activeseg", "init", str(store), "--from", str(dataset), *overrides],
+                   check=True, timeout=120, capture_output=True)
+    return store, dataset.parent
+
+
+def ground_truth_path(source: Path, case_id: str) -> Path:
+    """The phantom's ground-truth labelmap file."""
+    return source / "labelsTr" / f"{case_id}.nii.gz"

@@ -1,0 +1,240 @@
+"""ActiveSegClient: against a real backend (``activeseg serve`` started by BackendLauncher, with a token), and
+against a stdlib stub that answers with the protocol's JSON fixtures (parsing, headers, error bodies)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ActiveSegLib import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError
+from ActiveSegLib.client import ActiveSegClient, Download
+from ActiveSegLib.launcher import BackendLauncher
+
+from .backend_support import fixture, ground_truth_path, make_store
+
+TOKEN = "test-token-7f3a"
+
+
+# ----------------------------------------------------------------------------------------- real backend
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real backend with a bearer token on a 4-phantom datastore: (URL, phantom folder)."""
+    pytest.importorskip("activeseg")
+    store, source = make_store(tmp_path_factory.mktemp("client"), count=4)
+    launcher = BackendLauncher(sys.executable, str(store), token=TOKEN)
+    url = launcher.start(timeout_s=120)
+    try:
+        yield url, source
+    finally:
+        launcher.stop()
+
+
+@pytest.fixture()
+def client(backend: tuple[str, Path]) -> ActiveSegClient:
+    return ActiveSegClient(backend[0], token=TOKEN, timeout_s=30)
+
+
+def test_info_matches_the_fixture_shape(client: ActiveSegClient) -> None:
+    info = client.info()
+    assert set(fixture("info")) <= set(info)
+    assert info["labels"] == {"1": "lung", "2": "lesion"}
+    assert info["auth_required"] is True and info["counts"]["total"] == 4
+    assert client.health() == {"status": "ok"}
+
+
+def test_wrong_or_missing_token_is_an_authentication_error(backend: tuple[str, Path]) -> None:
+    with pytest.raises(AuthenticationError) as wrong:
+        ActiveSegClient(backend[0], token="nope").info()
+    assert wrong.value.status == 401 and wrong.value.code == "unauthorized"
+    assert str(wrong.value) == "wrong bearer token"
+    with pytest.raises(AuthenticationError, match="missing bearer token"):
+        ActiveSegClient(backend[0]).cases()
+
+
+def test_unknown_case_carries_the_backend_message(client: ActiveSegClient) -> None:
+    expected = fixture("error_unknown_case")["error"]
+    with pytest.raises(BackendRequestError) as caught:
+        client.case("phantom_999")
+    error = caught.value
+    assert not isinstance(error, AuthenticationError)
+    assert (error.status, error.code) == (404, expected["code"])
+    assert str(error) == error.message == expected["message"]
+    assert "Traceback" not in str(error)
+
+
+def test_cases_image_and_lease_round_trip(client: ActiveSegClient) -> None:
+    cases = client.cases()["cases"]
+    assert len(cases) == 4 and set(fixture("case")) == set(cases[0])
+    case_id = next(c["case_id"] for c in cases if c["split"] == "train")
+    image = client.download_image(case_id)
+    assert isinstance(image, Download) and image.suffix == ".nii.gz" and image.data[:2] == b"\x1f\x8b"
+    assert client.queue() == {"active_model": None, "items": []}  # nothing ranked yet
+    assert client.lease_next("alice") is None
+    leased = client.lease(case_id, "alice")
+    assert leased["lease_holder"] == "alice"
+    with pytest.raises(BackendRequestError) as caught:
+        client.lease(case_id, "bob")
+    assert caught.value.status == 409 and caught.value.code == fixture("error_leased")["error"]["code"]
+    assert "alice" in caught.value.message
+    assert client.release(case_id, "alice")["lease_holder"] is None
+
+
+def test_submit_label_and_errors_on_bad_uploads(client: ActiveSegClient, backend: tuple[str, Path]) -> None:
+    case_id = next(c["case_id"] for c in client.cases(split="train")["cases"] if c["state"] == "unlabeled")
+    with pytest.raises(BackendRequestError) as bad:
+        client.submit_label(case_id, b"not a nifti file", "alice", file_format=".nii.gz")
+    assert bad.value.status == 422 and bad.value.code == fixture("error_unreadable_image")["error"]["code"]
+    assert client.case(case_id)["state"] == "unlabeled"  # nothing changed
+    data = ground_truth_path(backend[1], case_id).read_bytes()
+    submitted = client.submit_label(case_id, data, "alice", file_format=".nii.gz")
+    assert submitted["state"] == "labeled" and submitted["has_label"] is True
+    label = client.download_label(case_id)
+    assert label.data.startswith(b"NRRD") and label.suffix == ".seg.nrrd"
+    with pytest.raises(ValueError):
+        client.submit_label(case_id, data, "alice", file_format=".png")
+
+
+def test_prediction_absent_is_none_and_jobs_models_answer(client: ActiveSegClient) -> None:
+    case_id = client.cases()["cases"][0]["case_id"]
+    assert client.download_prediction(case_id) is None  # endpoint not served (yet): degrade, do not raise
+    with pytest.raises(BackendRequestError) as no_pseudo:
+        client.download_pseudo(case_id)
+    assert no_pseudo.value.status == 409
+    assert client.models() == {"active": None, "models": []}
+    assert client.learning_curve() == []
+    assert client.jobs() == []
+    with pytest.raises(BackendRequestError) as unknown_job:
+        client.job("0" * 32)
+    assert unknown_job.value.status == 404
+    with pytest.raises(BackendRequestError) as unknown_model:
+        client.activate_model(7)
+    assert unknown_model.value.status == 404 and unknown_model.value.message
+
+
+# ----------------------------------------------------------------------------------------- unavailable
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_refused_connection_is_unavailable_quickly() -> None:
+    client = ActiveSegClient(f"http://127.0.0.1:{_free_port()}", timeout_s=5)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as caught:
+        client.info()
+    assert time.monotonic() - started < 2.0
+    assert "cannot reach the backend" in str(caught.value)
+    assert isinstance(caught.value, ClientError)
+
+
+def test_silent_backend_times_out_as_unavailable() -> None:
+    with socket.socket() as listener:  # accepts connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        client = ActiveSegClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match="did not answer within 0.5 s"):
+            client.info()
+        assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize("url", ["", "ftp://host", "127.0.0.1:8000", "http://"])
+def test_malformed_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        ActiveSegClient(url)
+
+
+# ----------------------------------------------------------------------------------------- fixture stub
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    routes: dict[tuple[str, str], tuple[int, Any]] = {}
+    seen: list[dict[str, Any]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        path = self.path.split("?")[0]
+        type(self).seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                "body": body})
+        status, payload = type(self).routes.get((self.command, path), (404, fixture("error_unknown_case")))
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes)
+                         else "application/json")
+        if isinstance(payload, bytes):
+            self.send_header("Content-Disposition", 'attachment; filename="phantom_003.pseudo.seg.nrrd"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, *args: object) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture()
+def stub() -> Iterator[tuple[str, type[_Stub]]]:
+    handler = type("Stub", (_Stub,), {"routes": {}, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fixture_bodies_parse_and_token_header_is_sent(stub: tuple[str, type[_Stub]]) -> None:
+    url, handler = stub
+    handler.routes.update({
+        ("GET", "/v1/queue"): (200, fixture("queue")),
+        ("POST", "/v1/queue/next"): (200, fixture("queue_next")),
+        ("POST", "/v1/jobs/train"): (202, fixture("job_started")),
+        ("GET", "/v1/learning-curve"): (200, fixture("learning_curve")),
+        ("POST", "/v1/jobs/daae87aae3414c84a0cca070076fb91b/cancel"): (409, fixture("error_job_running")),
+        ("GET", "/v1/cases/phantom_003/pseudo"): (200, b"NRRD0004\n"),
+    })
+    client = ActiveSegClient(url + "/v1/", token="abc")  # a trailing /v1 is tolerated
+    assert client.queue() == fixture("queue")
+    assert client.lease_next("alice") == fixture("queue_next")["case"]
+    assert client.start_train()["job_id"] == fixture("job_started")["job_id"]
+    assert client.learning_curve() == fixture("learning_curve")["points"]
+    pseudo = client.download_pseudo("phantom_003")
+    assert pseudo.data == b"NRRD0004\n" and pseudo.suffix == ".seg.nrrd"
+    with pytest.raises(BackendRequestError) as caught:
+        client.cancel_job("daae87aae3414c84a0cca070076fb91b")
+    assert caught.value.code == "job_running" and caught.value.message == fixture("error_job_running")["error"]["message"]
+    assert all(r["headers"].get("Authorization") == "Bearer abc" for r in handler.seen)
+    train = next(r for r in handler.seen if r["path"] == "/v1/jobs/train")
+    assert json.loads(train["body"]) == {"then_rank": True, "write_pseudo": True}
+    nxt = next(r for r in handler.seen if r["path"].startswith("/v1/queue/next"))
+    assert nxt["path"] == "/v1/queue/next?annotator=alice"
+
+
+def test_case_ids_are_escaped_and_non_json_errors_are_typed(stub: tuple[str, type[_Stub]]) -> None:
+    url, handler = stub
+    handler.routes[("GET", "/v1/info")] = (502, b"<html>bad gateway</html>")
+    client = ActiveSegClient(url)
+    with pytest.raises(BackendRequestError) as caught:
+        client.info()
+    assert caught.value.status == 502 and caught.value.code == "http_error" and "bad gateway" in caught.value.message
+    with pytest.raises(BackendRequestError):
+        client.case("../info")
+    assert handler.seen[-1]["path"] == "/v1/cases/..%2Finfo"
