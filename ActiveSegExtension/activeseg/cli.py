@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -203,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = with_data(commands.add_parser("serve", help="run the HTTP backend for the Slicer module"))
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=0, help="0 = pick a free port (printed on start)")
-    sub.add_argument("--token", default=None, help="bearer token every request must carry (required off loopback)")
+    sub.add_argument("--token", default=os.environ.get("ACTIVESEG_TOKEN"),
+                     help="bearer token every request must carry (required off loopback); default $ACTIVESEG_TOKEN, "
+                          "which keeps it out of the process list")
     sub.set_defaults(func=serve_command)
     return parser
 

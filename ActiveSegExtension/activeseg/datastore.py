@@ -615,7 +615,9 @@ class Datastore:
             version = (connection.execute("SELECT MAX(version) FROM models").fetchone()[0] or 0) + 1
             folder = f"models/v{version:04d}"
             target = self.meta_dir / folder
-            target.mkdir(parents=True, exist_ok=False)
+            if target.exists():  # a left-over of a run killed before its commit: no row references it
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
             atomic_write(target / "model.pt", lambda path: shutil.copyfile(weights_file, path))
             atomic_write(target / "metrics.json", lambda path: Path(path).write_text(json.dumps(metrics, indent=2)))
             connection.execute(

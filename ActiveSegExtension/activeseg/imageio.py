@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import GeometryMismatchError, ImageReadError, NotThreeDimensionalError
+from .nifti_integrity import check_nifti_complete
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -114,6 +115,12 @@ def _check_3d(image: sitk.Image, what: str) -> None:
 def _read_sitk(path: Path) -> sitk.Image:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    lower = path.name.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        try:
+            check_nifti_complete(path, compressed=lower.endswith(".gz"))
+        except ImageReadError as exc:
+            raise ImageReadError(f"{path.name}: {exc}") from exc
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -106,3 +106,22 @@ def test_phantoms_vary_in_lesion_count() -> None:
     with_lesion = [seed for seed in range(10) if draw_parameters(np.random.default_rng(seed)).lesions]
     _, label = make_phantom(with_lesion[0])
     assert (label.array == 2).any()
+
+
+def test_truncated_nifti_with_a_complete_header_is_refused(tmp_path: Path) -> None:
+    """SimpleITK would zero-fill the missing voxels; the integrity check refuses the file instead."""
+    import gzip
+
+    image, _ = make_phantom(2, shape=(12, 24, 20))
+    whole = tmp_path / "whole.nii"
+    write_volume(image.array, image.geometry, whole, compress=False)
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(raw[: len(raw) - 500])
+    with pytest.raises(ImageReadError, match="cut.nii.*truncated"):
+        read_volume(cut)
+    cut_gz = tmp_path / "cut.nii.gz"
+    cut_gz.write_bytes(gzip.compress(raw)[:-40])
+    with pytest.raises(ImageReadError, match="cut.nii.gz"):
+        read_volume(cut_gz)
+    assert read_volume(whole).array.shape == image.array.shape

@@ -18,7 +18,8 @@ SHAPE = (16, 32, 32)
 #: ``--set`` overrides for ``activeseg init``: a network and rounds small enough for a test.
 TINY_SETTINGS = (
     "network.channels=4,8,8,16", "training.patch_size=16,32,32", "training.batch_size=1",
-    "training.epochs_first=2", "training.epochs_per_round=1", "training.steps_per_epoch=2",
+    "training.epochs_first=1", "training.epochs_per_round=1", "training.steps_per_epoch=12",
+    "training.learning_rate=0.01",
     "training.num_threads=1", "training.device=cpu", "alnt.pseudo_batch_size=1",
     "dsal.strong_per_round=2", "dsal.weak_start_round=1", "dsal.weak_initial=2",
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -35,10 +34,7 @@ def test_active_learning_loop_over_http(tmp_path: Path) -> None:
     dataset = write_phantom_dataset(tmp_path / "phantoms", count=8, shape=SHAPE)
     source = dataset.parent
     store = tmp_path / "store"
-    settings = list(TINY)
-    if importlib.util.find_spec("activeseg.alnt") is None:  # until the ALNT module lands, retrain without it
-        settings.append("alnt.enabled=false")
-    overrides = [arg for item in settings for arg in ("--set", item)]
+    overrides = [arg for item in TINY for arg in ("--set", item)]
     subprocess.run([sys.executable, "-m", "activeseg", "init", str(store), "--from", str(dataset), *overrides], check=True, timeout=120)
 
     with ServerProcess(store, via_cli=True) as server, server.client(timeout=60) as client:

@@ -18,7 +18,6 @@ from .cases import ANNOTATOR
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
 from .schemas import CaseOut, ErrorOut, case_out
-from .uploads import check_nifti_complete
 
 __all__ = ["router", "UploadTooLargeError"]
 
@@ -45,8 +44,6 @@ _UPLOAD_DOC = {
 
 def _store_label(store: Datastore, case_id: str, path: Path, file_format: str, no_finding: bool, annotator: str) -> CaseRecord:
     """Decode the uploaded file and hand it to the datastore, which validates and writes it atomically."""
-    if file_format in (".nii.gz", ".nii"):
-        check_nifti_complete(path, compressed=file_format == ".nii.gz")
     if file_format == ".seg.nrrd":
         label = read_segmentation_labelmap(path, store.config.labels)
     else:

@@ -1,9 +1,9 @@
-"""Completeness checks of uploaded NIfTI files, before SimpleITK reads them.
+"""Completeness checks of NIfTI files, before SimpleITK reads them.
 
 Why: SimpleITK's NIfTI reader decodes a truncated ``.nii`` or ``.nii.gz`` without error, zero-filling the
-missing voxels, so a cut-off upload would otherwise be stored as a wrong label. NRRD and ``.seg.nrrd``
-readers already fail on truncated data. (The same gap affects ``activeseg init``; this belongs in
-``imageio.read_volume`` eventually.)
+missing voxels, so a cut-off upload or a half-copied file would otherwise be imported or stored as a
+wrong label. NRRD and ``.seg.nrrd`` readers already fail on truncated data. ``imageio.read_volume``
+calls :func:`check_nifti_complete` for every NIfTI file.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ImageReadError
+from .errors import ImageReadError
 
 __all__ = ["check_nifti_complete"]
 
@@ -37,9 +37,9 @@ def _gunzip_chunks(path: Path) -> Iterator[bytes]:
             if decompressor.eof:
                 break
     except zlib.error as exc:
-        raise ImageReadError(f"upload is not a valid gzip stream ({exc})") from exc
+        raise ImageReadError(f"not a valid gzip stream ({exc})") from exc
     if not decompressor.eof:
-        raise ImageReadError("upload is truncated: the gzip stream ends before its end marker")
+        raise ImageReadError("truncated: the gzip stream ends before its end marker")
 
 
 def _expected_size(header: bytes) -> int | None:
@@ -67,7 +67,7 @@ def check_nifti_complete(path: Path, compressed: bool) -> None:
     """Raise :class:`ImageReadError` when a NIfTI file holds fewer bytes than its header declares.
 
     Args:
-        path: the uploaded file.
+        path: the file.
         compressed: it is gzip-compressed (``.nii.gz``); the gzip stream must also be complete.
     """
     header = b""
@@ -82,4 +82,4 @@ def check_nifti_complete(path: Path, compressed: bool) -> None:
     if expected is None and len(header) >= 4:
         expected = _expected_size(header)
     if expected is not None and total < expected:
-        raise ImageReadError(f"upload is truncated: {total} bytes of NIfTI data, the header declares {expected}")
+        raise ImageReadError(f"truncated: {total} bytes of NIfTI data, the header declares {expected}")
