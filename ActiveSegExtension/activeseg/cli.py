@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bearer token every request must carry (required off loopback); default $ACTIVESEG_TOKEN, "
                           "which keeps it out of the process list")
     sub.set_defaults(func=serve_command)
+    from .simulation_cli import add_simulation_commands
+
+    add_simulation_commands(commands)
     return parser
 
 
