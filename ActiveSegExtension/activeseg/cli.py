@@ -145,7 +145,7 @@ def serve_command(args: argparse.Namespace) -> int:
     """Run the HTTP backend."""
     from .server import serve
 
-    serve(args.data, host=args.host, port=args.port, token=args.token)
+    serve(args.data, host=args.host, port=args.port, token=args.token, max_upload_bytes=args.max_upload_bytes)
     return 0
 
 
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--token", default=os.environ.get("ACTIVESEG_TOKEN"),
                      help="bearer token every request must carry (required off loopback); default $ACTIVESEG_TOKEN, "
                           "which keeps it out of the process list")
+    sub.add_argument("--max-upload-bytes", type=int, default=None,
+                     help="largest accepted upload (default $ACTIVESEG_MAX_UPLOAD_BYTES or 1 GiB; 413 above it)")
     sub.set_defaults(func=serve_command)
     from .simulation_cli import add_simulation_commands
 

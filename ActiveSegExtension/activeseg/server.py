@@ -10,7 +10,6 @@ every request must carry ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import os
@@ -32,7 +31,7 @@ from .datastore import Datastore
 from .errors import ActiveSegError, ConfigError
 from .jobs import JobRunner, JobTable
 
-__all__ = ["URL_LINE_PREFIX", "RECOVER_MIN_AGE_S", "create_app", "check_bind_address", "serve", "main"]
+__all__ = ["URL_LINE_PREFIX", "RECOVER_MIN_AGE_S", "create_app", "check_bind_address", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,19 +177,3 @@ def serve(
     finally:
         sock.close()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m activeseg.server --data DIR [--host H] [--port P] [--token T]`` (same as ``activeseg serve``)."""
-    parser = argparse.ArgumentParser(prog="activeseg-server", description="Serve an ActiveSeg datastore over HTTP.")
-    parser.add_argument("--data", required=True, type=Path, help="datastore folder")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --token)")
-    parser.add_argument("--port", default=0, type=int, help="TCP port; 0 = pick a free one")
-    parser.add_argument("--token", default=os.environ.get("ACTIVESEG_TOKEN"), help="bearer token (or $ACTIVESEG_TOKEN)")
-    parser.add_argument("--max-upload-bytes", type=int, default=None, help="largest accepted upload (default 1 GiB)")
-    args = parser.parse_args(argv)
-    serve(args.data, host=args.host, port=args.port, token=args.token, max_upload_bytes=args.max_upload_bytes)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -64,7 +64,7 @@ def label_path(source: Path, case_id: str) -> Path:
 
 
 class ServerProcess:
-    """``python -m activeseg.server`` as a child process; :attr:`url` comes from its protocol line.
+    """``python -m activeseg serve`` as a child process; :attr:`url` comes from its protocol line.
 
     Args:
         store: datastore folder.
@@ -72,17 +72,15 @@ class ServerProcess:
         host: address to bind.
         extra_args: more command-line arguments.
         log_path: where its stderr goes (default: beside the store).
-        via_cli: start it as ``python -m activeseg serve`` (the console script) instead of ``activeseg.server``.
     """
 
     def __init__(
         self, store: Path, token: str | None = None, host: str = "127.0.0.1", extra_args: tuple[str, ...] = (),
-        log_path: Path | None = None, via_cli: bool = False,
+        log_path: Path | None = None,
     ) -> None:
         self.store = Path(store)
         self.token = token
-        module = ["activeseg", "serve"] if via_cli else ["activeseg.server"]
-        self.command = [sys.executable, "-m", *module, "--data", str(store), "--host", host, "--port", "0", *extra_args]
+        self.command = [sys.executable, "-m", "activeseg", "serve", "--data", str(store), "--host", host, "--port", "0", *extra_args]
         self.log_path = log_path or self.store.parent / "server.log"
         self.process: subprocess.Popen[str] | None = None
         self.url = ""

@@ -36,7 +36,7 @@ def test_token_required_on_every_request(tmp_path: Path) -> None:
 def test_refuses_non_loopback_without_token(tmp_path: Path, host: str) -> None:
     store, _ = make_store(tmp_path, count=5)
     result = subprocess.run(
-        [sys.executable, "-m", "activeseg.server", "--data", str(store), "--host", host, "--port", "0"],
+        [sys.executable, "-m", "activeseg", "serve", "--data", str(store), "--host", host, "--port", "0"],
         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2

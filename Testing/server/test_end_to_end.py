@@ -37,7 +37,7 @@ def test_active_learning_loop_over_http(tmp_path: Path) -> None:
     overrides = [arg for item in TINY for arg in ("--set", item)]
     subprocess.run([sys.executable, "-m", "activeseg", "init", str(store), "--from", str(dataset), *overrides], check=True, timeout=120)
 
-    with ServerProcess(store, via_cli=True) as server, server.client(timeout=60) as client:
+    with ServerProcess(store) as server, server.client(timeout=60) as client:
         cases = client.get("/v1/cases").json()["cases"]
         train_ids = [c["case_id"] for c in cases if c["split"] == "train"]
         for case_id in train_ids[:2]:  # the radiologist's first labels
