@@ -138,8 +138,6 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.jobTimer = qt.QTimer()
         self.jobTimer.setInterval(1000)
         self.jobTimer.timeout.connect(self.onPollJob)
-        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "ActiveSegSegmentEditor")
-        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(editorNode)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         for table in (self.ui.queueTable, self.ui.reviewTable):
@@ -189,6 +187,10 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        editor = self.ui.segmentEditorWidget
+        if editor.mrmlSegmentEditorNode() is None or not slicer.mrmlScene.IsNodePresent(editor.mrmlSegmentEditorNode()):
+            # (again after a scene close, which removed the previous one)
+            editor.setMRMLSegmentEditorNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
         if not self._parameterNode.annotator:
             self._parameterNode.annotator = os.environ.get("USER") or os.environ.get("USERNAME") or "annotator"
 
@@ -293,7 +295,8 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(exc)
             return
         self._show(loaded.volume_node, loaded.segmentation_node)
-        start = {"pseudo": "the pseudo-label", "prediction": "the model's prediction"}.get(loaded.start_kind, "empty segments")
+        start = {"pseudo": "the pseudo-label", "prediction": "the model's prediction"}.get(
+            loaded.start_kind, "empty segments")
         self.ui.backendStatusLabel.text = f"Loaded {loaded.case_id} (starting from {start})"
         self.ui.noFindingCheckBox.checked = False
 
@@ -442,11 +445,12 @@ class ActiveSegTest(ScriptedLoadableModuleTest):
                 "training.device=cpu", "dsal.strong_per_round=2", "dsal.weak_start_round=1", "dsal.weak_initial=2"]
         with tempfile.TemporaryDirectory(prefix="ActiveSegTest-") as folder:
             root = Path(folder)
+            env = slicer.util.startupEnvironment()  # not Slicer's PYTHONHOME
             subprocess.run([python, "-m", "activeseg", "phantoms", str(root / "src"), "--count", "8",
-                            "--shape", "16,32,32"], check=True, env=slicer.util.startupEnvironment())
+                            "--shape", "16,32,32"], check=True, env=env)
             sets = [a for s in tiny for a in ("--set", s)]
             subprocess.run([python, "-m", "activeseg", "init", str(root / "store"), "--from",
-                            str(root / "src" / "dataset.json"), *sets], check=True, env=slicer.util.startupEnvironment())
+                            str(root / "src" / "dataset.json"), *sets], check=True, env=env)
             logic = ActiveSegLogic()
             try:
                 self.assertEqual(logic.start_local_backend(python, str(root / "store"))["counts"]["total"], 8)

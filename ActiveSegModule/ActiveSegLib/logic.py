@@ -494,7 +494,8 @@ class ActiveSegCoreLogic:
             raise MrmlBridgeError(f"labelmap shape {array.shape} != volume grid {shape} (k, j, i)")
         mapping = mrml.segment_class_values(segmentation_node, self._labels_or_fetch())
         ctx = self.context
-        scratch = ctx.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", ctx.scene.GenerateUniqueName("ActiveSegFill"))
+        scene = ctx.scene
+        scratch = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("ActiveSegFill"))
         try:
             scratch.CopyOrientation(volume_node)
             for segment_id, value in mapping.items():
@@ -504,7 +505,7 @@ class ActiveSegCoreLogic:
                 if not ctx.segmentations_logic.ImportLabelmapToSegmentationNode(scratch, segmentation_node, ids):
                     raise MrmlBridgeError(f"writing class {value} into segment {segment_id!r} failed")
         finally:
-            mrml.remove_node(ctx.scene, scratch)
+            mrml.remove_node(scene, scratch)
 
     # ------------------------------------------------------------------ submit
 

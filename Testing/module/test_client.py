@@ -220,7 +220,8 @@ def test_fixture_bodies_parse_and_token_header_is_sent(stub: tuple[str, type[_St
     assert pseudo.data == b"NRRD0004\n" and pseudo.suffix == ".seg.nrrd"
     with pytest.raises(BackendRequestError) as caught:
         client.cancel_job("daae87aae3414c84a0cca070076fb91b")
-    assert caught.value.code == "job_running" and caught.value.message == fixture("error_job_running")["error"]["message"]
+    assert caught.value.code == "job_running"
+    assert caught.value.message == fixture("error_job_running")["error"]["message"]
     assert all(r["headers"].get("Authorization") == "Bearer abc" for r in handler.seen)
     train = next(r for r in handler.seen if r["path"] == "/v1/jobs/train")
     assert json.loads(train["body"]) == {"then_rank": True, "write_pseudo": True}

@@ -42,15 +42,17 @@ def _segment_with_ground_truth(core: Any, ctx: Any, source: Path, volume: Any, s
     """What the radiologist does in the Segment Editor: here, paint the phantom's true labelmap."""
     from ActiveSegLib import mrml
 
-    case_id = volume.GetAttribute("ActiveSeg.CaseId")
-    truth_node = mrml.volume_node_from_file(ctx, ground_truth_path(source, case_id), "truth", labelmap=True)
-    truth = np.array(mrml.labelmap_array_from_segmentation(ctx, segmentation, volume, core.labels))  # before
-    assert not truth.any(), "a case without prediction starts empty"
     import slicer
 
+    case_id = volume.GetAttribute("ActiveSeg.CaseId")
+    start = mrml.labelmap_array_from_segmentation(ctx, segmentation, volume, core.labels)
+    assert not start.any(), "a case without a prediction starts with empty segments"
+    truth_node = mrml.volume_node_from_file(ctx, ground_truth_path(source, case_id), "truth", labelmap=True)
+    # The downloaded image and the ground-truth file describe the same RAS grid (LPS in both files).
+    assert np.allclose(mrml.ijk_to_ras_matrix(truth_node), mrml.ijk_to_ras_matrix(volume), atol=1e-4)
     array = slicer.util.arrayFromVolume(truth_node).copy()
     mrml.remove_node(ctx.scene, truth_node)
-    assert np.allclose(mrml.ijk_to_ras_matrix(volume), mrml.ijk_to_ras_matrix(volume))
+    assert set(np.unique(array)) <= {0, 1, 2} and array.any()
     core.fill_segmentation(segmentation, volume, array)
     painted = mrml.labelmap_array_from_segmentation(ctx, segmentation, volume, core.labels)
     assert np.array_equal(painted, array)

@@ -14,7 +14,7 @@ import pytest
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "ActiveSegModule"
 FORBIDDEN = {"torch", "monai", "torchvision", "lightning", "pytorch_lightning"}
-STDLIB_ONLY = ["ActiveSegLib/launcher.py", "ActiveSegLib/worker.py", "ActiveSegLib/errors.py",
+STDLIB_ONLY = ["ActiveSegLib/launcher.py", "ActiveSegLib/worker.py", "ActiveSegLib/errors.py", "ActiveSegLib/client.py",
                "ActiveSegLib/fileformats.py"]
 
 

@@ -1,0 +1,356 @@
+"""Label-efficiency experiments: the active-learning loop with the ground truth as the radiologist.
+
+One call of :func:`simulate` runs one strategy with one seed on an MSD-style dataset::
+
+    test split    drawn first (seeded), never enters the datastore: never trained on, never selected,
+                  never pseudo-labelled; evaluated after every round by sliding-window inference.
+    datastore     the remaining cases (optionally a seeded subset, ``pool_size``), created with
+                  :func:`activeseg.initialise.init_datastore` (so intensity mode and labels come from the
+                  dataset, e.g. z-score for MRI); its fixed validation split (``val_fraction`` of the
+                  whole dataset) is drawn by the datastore from the same seed and labelled by the oracle
+                  at the start; it selects the epoch of each round and is never queried.
+    initial set   ``initial`` seeded-random training cases, labelled by the oracle.
+    round 0       train from scratch (``training.epochs_first``), evaluate on the test split.
+    round r=1..R  the strategy selects K = ``per_round`` cases -> the oracle labels them -> fine-tune
+                  from the previous model (``training.epochs_per_round``) -> evaluate.
+
+The split, the validation split and the initial set depend only on the seed and the dataset, so all
+strategies with one seed start from identical data and an identical first model.
+
+``full`` labels the whole pool before round 0 and then runs the same R + 1 training rounds (same
+optimiser steps as the active strategies), so the ceiling gets the same training budget.
+
+Deviations from the papers' protocols, stated here because they change numbers:
+
+* DSAL starts pseudo-labels at round 5 with 20 + 20 (t - 5) cases on 2D slices; the simulation uses the
+  datastore's ``dsal.weak_*`` settings (defaults: from round 2, 4 + 4 (t - 2) volumes), since a 3D pool
+  of tens of volumes cannot supply 20 per round.
+* Epoch selection uses the fixed validation split, never the test split (both originals select on the
+  reported fold).
+* Fewer epochs and a narrower network than the papers, to fit CPU budgets; the caller chooses via
+  overrides and the results record the full configuration.
+"""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+from .datastore import Datastore
+from .errors import ConfigError
+from .imageio import read_volume
+from .inference import load_checkpoint, predict_heads, select_device
+from .initialise import init_datastore
+from .preprocessing import normalise_intensity
+from .sources import find_source
+from .strategies import STRATEGIES, get_strategy
+from .training import train_round
+
+__all__ = ["SplitPlan", "plan_splits", "strategy_label", "evaluate_test_split", "simulate", "load_results"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FORMAT = "activeseg-simulation/1"
+
+
+class SplitPlan:
+    """The seeded data split of one experiment.
+
+    Attributes:
+        test: test case ids (outside the datastore).
+        store: case ids that go into the datastore (validation + pool).
+        n_val: validation cases the datastore draws among ``store``.
+    """
+
+    def __init__(self, test: list[str], store: list[str], n_val: int) -> None:
+        self.test, self.store, self.n_val = test, store, n_val
+
+
+def plan_splits(case_ids: list[str], seed: int, test_fraction: float, val_fraction: float, pool_size: int | None) -> SplitPlan:
+    """Draw the test split, then the datastore's cases, from ``case_ids`` with ``seed``.
+
+    Args:
+        case_ids: all labelled cases of the dataset.
+        test_fraction: share of all cases in the test split (at least 1).
+        val_fraction: share of all cases in the validation split (at least 1).
+        pool_size: cap on the training pool (validation excluded); ``None`` = all remaining cases.
+
+    Raises:
+        ConfigError: fractions out of range or nothing left for the pool.
+    """
+    if not (0.0 < test_fraction < 1.0 and 0.0 < val_fraction < 1.0 and test_fraction + val_fraction < 1.0):
+        raise ConfigError(f"test_fraction and val_fraction must be in (0, 1) with sum < 1, got {test_fraction}, {val_fraction}")
+    ordered = sorted(case_ids)
+    random.Random(seed).shuffle(ordered)
+    n_test = max(1, int(round(test_fraction * len(ordered))))
+    n_val = max(1, int(round(val_fraction * len(ordered))))
+    test, rest = ordered[:n_test], ordered[n_test:]
+    n_pool = len(rest) - n_val if pool_size is None else min(pool_size, len(rest) - n_val)
+    if n_pool < 1:
+        raise ConfigError(f"no training pool left: {len(ordered)} cases, {n_test} test, {n_val} validation")
+    return SplitPlan(sorted(test), sorted(rest[: n_val + n_pool]), n_val)
+
+
+def strategy_label(strategy: str, alnt: bool, pseudo: bool) -> str:
+    """Curve label: ``dsal+alnt``, ``dsal`` (pseudo-labels at expert weight), ``dsal-nopseudo``, or the name."""
+    if strategy != "dsal":
+        return strategy
+    if not pseudo:
+        return "dsal-nopseudo"
+    return "dsal+alnt" if alnt else "dsal"
+
+
+def evaluate_test_split(
+    model: torch.nn.Module, cases: list[tuple[str, Path, Path]], config: Config, device: torch.device
+) -> dict[str, Any]:
+    """Dice of the main head's argmax on whole test volumes.
+
+    Args:
+        cases: (case id, image path, label path).
+
+    Returns:
+        ``{"per_class": {name: mean Dice}, "mean": mean over classes, "per_case": {id: {name: Dice}}}``.
+        A class absent from both truth and prediction of a case is not counted for that case (as
+        :func:`activeseg.training.validation_dice`); a class never counted scores 1.
+    """
+    model.eval()
+    per_class: dict[str, list[float]] = {name: [] for name in config.labels.values()}
+    per_case: dict[str, dict[str, float]] = {}
+    for case_id, image_path, label_path in cases:
+        image = normalise_intensity(read_volume(image_path).array, config.intensity)
+        truth = read_volume(label_path, dtype=np.uint8).array
+        prediction = predict_heads(model, image, config.training.patch_size, device, config.training.amp).main.argmax(axis=0)
+        per_case[case_id] = {}
+        for value, name in config.labels.items():
+            in_truth, in_prediction = truth == value, prediction == value
+            total = int(in_truth.sum()) + int(in_prediction.sum())
+            if total:
+                dice = 2.0 * int(np.logical_and(in_truth, in_prediction).sum()) / total
+                per_class[name].append(dice)
+                per_case[case_id][name] = dice
+    means = {name: float(np.mean(v)) if v else 1.0 for name, v in per_class.items()}
+    return {"per_class": means, "mean": float(np.mean(list(means.values()))), "per_case": per_case}
+
+
+class _Oracle:
+    """The simulated radiologist: submits the dataset's ground truth as an expert label."""
+
+    def __init__(self, labels: dict[str, Path]) -> None:
+        self.labels = labels
+
+    def label(self, store: Datastore, case_id: str) -> None:
+        truth = read_volume(self.labels[case_id], dtype=np.uint8)
+        store.submit_label(case_id, truth, no_finding=not truth.array.any(), annotator="oracle")
+
+
+def _write_subset_dataset(folder: Path, source_json: dict[str, Any], images: dict[str, Path], labels: dict[str, Path], ids: list[str]) -> Path:
+    """An MSD ``dataset.json`` listing only ``ids`` (absolute paths: no copy of the volumes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subset = {key: value for key, value in source_json.items() if key not in ("training", "test", "numTraining", "numTest")}
+    subset["training"] = [{"image": str(images[cid].resolve()), "label": str(labels[cid].resolve())} for cid in ids]
+    subset["numTraining"] = len(ids)
+    path = folder / "dataset.json"
+    path.write_text(json.dumps(subset, indent=1) + "\n")
+    return path
+
+
+def _machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def simulate(
+    dataset_dir: Path,
+    strategy: str,
+    seed: int = 0,
+    rounds: int = 5,
+    per_round: int = 4,
+    initial: int = 4,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    overrides: list[str] | None = None,
+    alnt: bool = True,
+    work_dir: Path | None = None,
+    pool_size: int | None = None,
+    pseudo: bool = True,
+    mc_passes: int = 10,
+    keep_work_dir: bool = False,
+) -> dict[str, Any]:
+    """Run one label-efficiency experiment and return its results.
+
+    Args:
+        dataset_dir: an MSD-style folder (``dataset.json`` with ``training`` image/label pairs).
+        strategy: a name of :data:`activeseg.strategies.STRATEGIES`.
+        seed: seeds the test split, the validation split, the initial set, random strategies, the
+            network initialisation and training crops (``training.seed``), and dropout masks.
+        rounds: R, query rounds after the initial training round (R + 1 models in all).
+        per_round: K, cases the oracle labels per round.
+        initial: expert-labelled training cases before round 0.
+        test_fraction: share of the dataset held out as the test split.
+        val_fraction: share of the dataset in the fixed validation split.
+        overrides: ``section.name=value`` settings applied on top of the dataset-derived config.
+        alnt: ALNT re-weighting of pseudo-labels (only matters for ``dsal``); False sets ``alnt.enabled=false``.
+        work_dir: folder for the datastore (replaced); default a fresh folder under the system temp dir.
+        pool_size: cap on the training pool (seeded subset); ``None`` = all non-test, non-validation cases.
+        pseudo: DSAL's weak pseudo-labels (False = strong queue only).
+        mc_passes: T of ``mc-dropout``.
+        keep_work_dir: keep the datastore afterwards (default: removed when ``work_dir`` was not given).
+
+    Returns:
+        JSON-ready ``{"format", "metadata": {...}, "rounds": [per-round dict], "seconds"}``. Each round:
+        ``round``, ``labelled`` (expert training labels the model was trained on), ``pseudo`` (pseudo-
+        labelled cases in its training), ``labelled_cases``, ``pseudo_cases``, ``test_dice`` (per class
+        and ``mean``), ``val_dice``, ``best_epoch``, ``alnt`` (weight statistics), ``train_s``,
+        ``rank_s`` (the selection after this round's model; 0 after the last round), ``selected``.
+
+    Raises:
+        ConfigError: unknown strategy, bad fractions, or ``initial`` larger than the pool.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
+    started = time.perf_counter()
+    dataset_dir = Path(dataset_dir)
+    found = find_source(dataset_dir)
+    if not found.labels:
+        raise ConfigError(f"{dataset_dir}: the dataset lists no labels; a simulation needs ground truth")
+    images = dict(found.images)
+    ids = sorted(cid for cid in images if cid in found.labels)
+    plan = plan_splits(ids, seed, test_fraction, val_fraction, pool_size)
+    source_json = json.loads(((dataset_dir / "dataset.json") if dataset_dir.is_dir() else dataset_dir).read_text())
+
+    temporary = work_dir is None
+    work = Path(work_dir) if work_dir is not None else Path(os.environ.get("TMPDIR", "/tmp")) / f"activeseg-sim-{strategy}-{seed}-{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    subset = _write_subset_dataset(work / "source", source_json, images, found.labels, plan.store)
+    settings = [f"training.seed={seed}", *(overrides or [])]
+    if not alnt:
+        settings.append("alnt.enabled=false")
+    config = Config()
+    config.val_fraction = plan.n_val / len(plan.store)
+    store, problems = init_datastore(work / "store", subset, overrides=settings, seed=seed, config=config)
+    if problems:
+        raise ConfigError(f"simulation data could not be imported: {problems}")
+    config = store.config
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    oracle = _Oracle(found.labels)
+    val_ids = [c.case_id for c in store.cases(split="val")]
+    pool = [c.case_id for c in store.cases(split="train")]
+    assert not set(plan.test) & set(pool + val_ids), "test cases leaked into the datastore"
+    for case_id in val_ids:
+        oracle.label(store, case_id)
+    chooser = get_strategy(strategy, passes=mc_passes, write_pseudo=pseudo)
+    rng = random.Random(seed)
+    if chooser.labels_everything:
+        first = list(pool)
+    else:
+        if initial > len(pool):
+            raise ConfigError(f"initial={initial} exceeds the pool of {len(pool)} cases")
+        first = rng.sample(pool, initial)
+    for case_id in first:
+        oracle.label(store, case_id)
+    # The strategy's own generator is derived from the seed but independent of how many draws the
+    # initial set took, so strategies that share a seed share the initial set exactly.
+    strategy_rng = random.Random(seed * 7919 + 1)
+    device = select_device(config.training.device)
+    test_cases = [(cid, images[cid], found.labels[cid]) for cid in plan.test]
+    label_text = strategy_label(strategy, alnt, pseudo)
+    logger.info(
+        "simulate %s (seed %d): %d test, %d validation, %d pool, %d initial, %d rounds x %d",
+        label_text, seed, len(plan.test), len(val_ids), len(pool), len(first), rounds, per_round,
+    )
+    results_rounds: list[dict[str, Any]] = []
+    for round_index in range(rounds + 1):
+        train_started = time.perf_counter()
+        record = train_round(store)
+        train_s = time.perf_counter() - train_started
+        model = load_checkpoint(record.weights_path, device)
+        eval_started = time.perf_counter()
+        dice = evaluate_test_split(model, test_cases, config, device)
+        eval_s = time.perf_counter() - eval_started
+        trained_pseudo = [c.case_id for c in store.cases(state="pseudo")]
+        row: dict[str, Any] = {
+            "round": round_index,
+            "model_version": record.version,
+            "labelled": record.metrics["n_expert"],
+            "pseudo": record.metrics["n_pseudo"],
+            "labelled_cases": sorted(record.metrics["expert_cases"]),
+            "pseudo_cases": sorted(trained_pseudo),
+            "test_dice": {**dice["per_class"], "mean": dice["mean"]},
+            "val_dice": record.metrics["val_dice"],
+            "best_epoch": record.metrics["best_epoch"],
+            "alnt": record.metrics["alnt"],
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "rank_s": 0.0,
+            "selected": [],
+            "new_pseudo": [],
+        }
+        if round_index < rounds and not chooser.labels_everything:
+            selection = chooser.select(store, per_round, strategy_rng)
+            assert not set(selection.strong) & set(plan.test)
+            for case_id in selection.strong:
+                oracle.label(store, case_id)
+            row.update({"rank_s": selection.seconds, "selected": selection.strong, "new_pseudo": sorted(selection.weak)})
+        results_rounds.append(row)
+        logger.info(
+            "%s seed %d round %d: %d labelled, %d pseudo, test Dice %.4f (%s), train %.0f s, rank %.0f s",
+            label_text, seed, round_index, row["labelled"], row["pseudo"], dice["mean"],
+            ", ".join(f"{k} {v:.3f}" for k, v in dice["per_class"].items()), train_s, row["rank_s"],
+        )
+    metadata = {
+        "strategy": strategy,
+        "label": label_text,
+        "seed": seed,
+        "dataset": str(dataset_dir.resolve()),
+        "alnt": bool(alnt and config.alnt.enabled),
+        "pseudo": bool(pseudo and chooser.uses_pseudo_labels),
+        "rounds": rounds,
+        "per_round": per_round,
+        "initial": len(first),
+        "test_fraction": test_fraction,
+        "val_fraction": val_fraction,
+        "pool_size": len(pool),
+        "n_test": len(plan.test),
+        "n_val": len(val_ids),
+        "test_cases": plan.test,
+        "val_cases": sorted(val_ids),
+        "initial_cases": sorted(first),
+        "mc_passes": mc_passes if strategy == "mc-dropout" else None,
+        "overrides": settings,
+        "config": config.to_dict(),
+        "machine": _machine(),
+        "date": _datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    seconds = time.perf_counter() - started
+    if temporary and not keep_work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"format": RESULTS_FORMAT, "metadata": metadata, "rounds": results_rounds, "seconds": seconds}
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Read a results file written by ``activeseg simulate``.
+
+    Raises:
+        ConfigError: not a simulation results file.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read simulation results ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+        raise ConfigError(f"{path}: not an activeseg simulation results file")
+    return data
