@@ -7,6 +7,7 @@ Layout::
     STORE/.activeseg/config.json             the engine's settings (config.Config)
     STORE/.activeseg/labels/                 expert and accepted labels, uint8 NIfTI, image geometry
     STORE/.activeseg/pseudo/                 current pseudo-labels as Slicer ``.seg.nrrd``
+    STORE/.activeseg/predictions/            the ranking model's prediction of each queued case (derived, disposable)
     STORE/.activeseg/models/vNNNN/           one folder per model version (weights + metrics), never overwritten
 
 Crash safety: a label is written under a fresh unique file name (temp file + fsync + rename), then one
@@ -230,7 +231,7 @@ class Datastore:
             raise DatastoreError(f"no readable 3D image to import ({len(problems)} skipped)")
 
         (root / "images").mkdir(parents=True, exist_ok=True)
-        for sub in ("labels", "pseudo", "models"):
+        for sub in ("labels", "pseudo", "models", "predictions"):
             (meta_dir / sub).mkdir(parents=True, exist_ok=True)
         config.save(meta_dir / "config.json")
         connection = sqlite3.connect(meta_dir / "activeseg.db")
@@ -531,17 +532,28 @@ class Datastore:
         return [(self._record(row), self._score_from_row(row, active)) for row in rows]
 
     def lease_next(self, annotator: str) -> CaseRecord | None:
-        """Lease the most uncertain queued case that nobody holds; ``None`` when the queue is exhausted.
+        """Lease the most uncertain queued case that nobody holds; ``None`` when nothing is left.
 
-        One transaction under SQLite's write lock, so two annotators never get the same case.
+        Cold start: before the first model exists nothing has been ranked, so the queue is empty; then
+        unlabelled cases are served, training split first (a first round needs them), in id order. Each
+        lease is one transaction under SQLite's write lock, so two annotators never get the same case.
         """
-        for record, _ in self.queue():
+        candidates = [record for record, _ in self.queue()]
+        if not candidates and self.active_version() is None:
+            unlabeled = self.cases(state="unlabeled")
+            candidates = sorted(unlabeled, key=lambda r: (r.split != "train", r.case_id))
+        for record in candidates:
             if record.lease_holder in (None, annotator):
                 try:
                     return self.lease(record.case_id, annotator)
-                except LeaseError:
+                except (LeaseError, CaseStateError):  # taken or labelled meanwhile: try the next one
                     continue
         return None
+
+    def prediction_path(self, case_id: str, model_version: int) -> Path:
+        """Where ranking keeps model ``model_version``'s prediction of a queued case (a ``.seg.nrrd``),
+        served to the annotator as a starting segmentation."""
+        return self.meta_dir / "predictions" / f"{validate_case_id(case_id)}.v{int(model_version)}.seg.nrrd"
 
     def lease(self, case_id: str, annotator: str) -> CaseRecord:
         """Lease one case to ``annotator`` for ``config.lease_seconds`` (renews an own lease).

@@ -71,6 +71,20 @@ def _write_pseudo(store: Datastore, case_id: str, labelmap: np.ndarray) -> Path:
     return atomic_write(target, lambda path: write_segmentation_file(path, labelmap, geometry, store.config.labels))
 
 
+def _write_predictions(store: Datastore, version: int, labelmaps: dict[str, np.ndarray]) -> None:
+    """Keep the queued cases' predictions as starting segmentations for the annotator; drop older ones."""
+    folder = store.meta_dir / "predictions"
+    folder.mkdir(exist_ok=True)
+    for stale in folder.glob("*.seg.nrrd"):
+        stale.unlink(missing_ok=True)
+    for case_id, labelmap in labelmaps.items():
+        geometry = store.image_geometry(case_id)
+        atomic_write(
+            store.prediction_path(case_id, version),
+            lambda path, labelmap=labelmap, geometry=geometry: write_segmentation_file(path, labelmap, geometry, store.config.labels),
+        )
+
+
 def rank_round(
     store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None, write_pseudo: bool = True
 ) -> RankResult:
@@ -115,6 +129,7 @@ def rank_round(
         for s in result.scores
     ])
     validation_queue = [c.case_id for c in store.cases(split="val") if c.state in ("unlabeled", "queued")]
+    _write_predictions(store, version, {case_id: main_maps[case_id] for case_id in result.strong})
     store.set_queue(validation_queue + result.strong)
     if write_pseudo:
         written = {case_id: _write_pseudo(store, case_id, main_maps[case_id]) for case_id in result.weak}

@@ -269,9 +269,9 @@ class ActiveSegClient:
     def download_prediction(self, case_id: str, timeout_s: float | None = None) -> Download | None:
         """The active model's prediction for a case as ``.seg.nrrd``, to start editing from.
 
-        Asks ``GET /v1/cases/{id}/prediction``, an endpoint proposed to the backend and not served yet; until it
-        is, this returns ``None`` (the route answers 404 ``not_found``), as it does when the case has no
-        prediction (409). An unknown case still raises (404 ``unknown_case``).
+        ``GET /v1/cases/{id}/prediction``: kept by ranking for queued cases. Returns ``None`` when the case has
+        no prediction of the active model (409), or an older backend lacks the route (404 ``not_found``). An
+        unknown case still raises (404 ``unknown_case``).
 
         Returns:
             the prediction, or ``None`` when the backend offers none.

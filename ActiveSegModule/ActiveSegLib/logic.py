@@ -348,12 +348,11 @@ class ActiveSegCoreLogic:
             kind = "prediction" if start is not None else ""
         return CaseDownload(case=dict(case), annotator=annotator, image=image, start=start, start_kind=kind)
 
-    def fetch_next_case(self, annotator: str, cold_start: bool = True) -> CaseDownload | None:
+    def fetch_next_case(self, annotator: str) -> CaseDownload | None:
         """Lease the most uncertain free case to ``annotator`` and download it. Network; worker thread.
 
-        Args:
-            annotator: who labels it (the lease holder).
-            cold_start: when the queue is empty (no ranking yet), lease an unlabelled case instead.
+        Before the first ranking the backend serves unlabelled cases (its cold start), so Next works on a
+        fresh datastore too.
 
         Returns:
             the download, or ``None`` when the queue has no free case.
@@ -365,30 +364,9 @@ class ActiveSegCoreLogic:
             raise ValueError("an annotator name is needed to lease a case")
         annotator = annotator.strip()
         case = self.client.lease_next(annotator)
-        if case is None and cold_start:
-            case = self._lease_cold_start(annotator)
         if case is None:
             return None
         return self.fetch_case(case, annotator)
-
-    def _lease_cold_start(self, annotator: str) -> dict[str, Any] | None:
-        """Lease an unlabelled case when nothing is queued yet (a fresh datastore has no model, so no ranking).
-
-        Training cases come first (a first round needs them), then validation cases; cases leased by others are
-        skipped. The backend's ``/v1/queue/next`` returns nothing before the first ranking round.
-        """
-        cases = self.client.cases(state="unlabeled").get("cases", [])
-        cases.sort(key=lambda c: (c.get("split") != "train", str(c["case_id"])))
-        for case in cases:
-            if case.get("lease_holder") not in (None, annotator):
-                continue
-            try:
-                return self.client.lease(str(case["case_id"]), annotator)
-            except BackendRequestError as exc:
-                if exc.status == 409:  # taken or labelled meanwhile: try the next one
-                    continue
-                raise
-        return None
 
     def fetch_case_by_id(self, case_id: str, annotator: str) -> CaseDownload:
         """Lease a chosen case (e.g. double-clicked in the queue table) and download it. Network; worker thread.
@@ -460,13 +438,13 @@ class ActiveSegCoreLogic:
             if node is not None and scene.IsNodePresent(node):
                 mrml.remove_node(scene, node)
 
-    def load_next_case(self, annotator: str, cold_start: bool = True) -> tuple[Any, Any] | None:
+    def load_next_case(self, annotator: str) -> tuple[Any, Any] | None:
         """Lease and load the most uncertain case (network + MRML; for scripts and tests).
 
         Returns:
             (volume node, segmentation node), or ``None`` when no case is free.
         """
-        download = self.fetch_next_case(annotator, cold_start=cold_start)
+        download = self.fetch_next_case(annotator)
         if download is None:
             return None
         loaded = self.build_case_nodes(download)

@@ -271,3 +271,10 @@ def test_killed_at_random_moments_never_leaves_a_partial_label(store: Datastore,
         child.kill()
         child.wait(timeout=30)
         _check_consistent(store, case_id, allowed)
+
+
+def test_cold_start_serves_unlabelled_training_cases_before_any_model(store: Datastore) -> None:
+    first = store.lease_next("alice")
+    second = store.lease_next("bob")
+    assert first is not None and second is not None and first.case_id != second.case_id
+    assert first.split == "train" and second.split == "train"

@@ -95,3 +95,18 @@ def test_cancelling_writes_no_version(labelled_store: Datastore) -> None:
     with pytest.raises(TrainingCancelled):
         train_round(labelled_store, progress=lambda event: False)
     assert labelled_store.models() == []
+
+
+def test_ranking_keeps_a_prediction_for_each_queued_case(labelled_store: Datastore) -> None:
+    from activeseg.pseudolabels import read_segmentation_labelmap
+
+    store = labelled_store
+    train_round(store)
+    result = rank_round(store)
+    version = store.active_version()
+    assert version is not None
+    for case_id in result.strong:
+        prediction = read_segmentation_labelmap(store.prediction_path(case_id, version), store.config.labels)
+        assert prediction.geometry == store.image_geometry(case_id)
+    kept = {p.name for p in (store.meta_dir / "predictions").iterdir()}
+    assert kept == {store.prediction_path(c, version).name for c in result.strong}

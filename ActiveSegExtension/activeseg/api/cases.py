@@ -79,6 +79,23 @@ def get_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> F
     return FileResponse(record.pseudo_path, media_type="application/octet-stream", filename=f"{case_id}.pseudo.seg.nrrd")
 
 
+@router.get("/{case_id}/prediction", response_class=FileResponse, responses=_BINARY,
+            summary="The active model's prediction of a queued case as .seg.nrrd")
+def get_prediction(case_id: str, context: ServerContext = Depends(get_context)) -> FileResponse:
+    """A starting segmentation for the annotator, written by the last ranking of the active model.
+
+    409 ``invalid_state`` when there is none (the case is not in the strong queue of the active model).
+    """
+    store = context.store
+    record = store.case(case_id)
+    version = store.active_version()
+    path = store.prediction_path(case_id, version) if version is not None else None
+    if path is None or not path.is_file():
+        raise CaseStateError(f"case {case_id!r} has no prediction of the active model (state {record.state!r}; "
+                             "predictions are kept for queued cases after ranking)")
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{case_id}.prediction.seg.nrrd")
+
+
 @router.post("/{case_id}/lease", response_model=CaseOut, summary="Lease (or renew) one case")
 def lease_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> CaseOut:
     """Lease a case to ``annotator`` for ``lease_seconds``. 409 ``leased`` when someone else holds it."""

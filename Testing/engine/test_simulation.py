@@ -1,0 +1,222 @@
+"""Label-efficiency simulation (issue 6): strategies, splits, repeatability, the CLI and the plot.
+
+Tiny phantoms and a tiny network keep the whole file well under 90 s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from activeseg.cli import main
+from activeseg.simulation import evaluate_test_split, load_results, plan_splits, simulate, strategy_label
+from activeseg.simulation_cli import summarise_curves
+from activeseg.strategies import STRATEGIES, get_strategy, predictive_entropy
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+HIPPOCAMPUS = SHARED_DATA / "hippocampus_mri"
+
+TINY = [
+    "network.channels=4,8,16,16",
+    "training.patch_size=16,32,32",
+    "training.epochs_first=1",
+    "training.epochs_per_round=1",
+    "training.steps_per_epoch=2",
+    "training.num_threads=1",
+    "dsal.weak_start_round=1",
+    "dsal.weak_initial=1",
+    "dsal.weak_increment=1",
+    "dsal.confidence_bins=1",
+]
+
+
+def _run(source: Path, work: Path, strategy: str, seed: int = 0, **options: object) -> dict:
+    kwargs = {"rounds": 2, "per_round": 1, "initial": 2, "test_fraction": 0.2, "val_fraction": 0.2, "overrides": TINY,
+              "mc_passes": 2, **options}
+    kwargs.setdefault("work_dir", work / f"{strategy}-{seed}")
+    return simulate(source, strategy, seed=seed, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def runs(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """One 2-round run of every strategy (and DSAL without ALNT) on 10 phantoms, seed 0."""
+    work = tmp_path_factory.mktemp("sim")
+    results = {name: _run(phantom_source, work, name) for name in STRATEGIES}
+    results["dsal-noalnt"] = _run(phantom_source, work, "dsal", alnt=False, work_dir=work / "dsal-noalnt")
+    return results
+
+
+def test_every_strategy_runs_two_rounds_with_well_formed_results(runs: dict[str, dict]) -> None:
+    for name, result in runs.items():
+        assert result["format"] == "activeseg-simulation/1"
+        assert len(result["rounds"]) == 3, name  # round 0 + 2 query rounds
+        json.dumps(result)  # JSON-ready
+        for row in result["rounds"]:
+            assert set(row["test_dice"]) == {"lung", "lesion", "mean"}
+            assert all(0.0 <= v <= 1.0 for v in row["test_dice"].values())
+            assert row["train_s"] > 0 and row["rank_s"] >= 0
+            assert row["labelled"] == len(row["labelled_cases"])
+        if name != "full":
+            assert [r["labelled"] for r in result["rounds"]] == [2, 3, 4], name
+            assert all(len(r["selected"]) == 1 for r in result["rounds"][:-1]), name
+    assert runs["dsal"]["metadata"]["label"] == "dsal+alnt"
+    assert runs["dsal-noalnt"]["metadata"]["label"] == "dsal"
+    assert runs["dsal-noalnt"]["metadata"]["config"]["alnt"]["enabled"] is False
+
+
+def test_test_split_never_enters_labelled_or_pseudo_sets(runs: dict[str, dict]) -> None:
+    for name, result in runs.items():
+        test = set(result["metadata"]["test_cases"])
+        val = set(result["metadata"]["val_cases"])
+        assert test and not test & val
+        for row in result["rounds"]:
+            touched = set(row["labelled_cases"]) | set(row["pseudo_cases"]) | set(row["selected"]) | set(row["new_pseudo"])
+            assert not touched & test, name
+            assert not touched & val, name  # validation never trains either
+
+
+def test_dsal_writes_pseudo_labels_and_trains_on_them(runs: dict[str, dict]) -> None:
+    rows = runs["dsal"]["rounds"]
+    assert rows[0]["new_pseudo"], "weak_start_round=1: the first ranking writes pseudo-labels"
+    assert rows[1]["pseudo"] >= 1 and rows[1]["alnt"], "round 1 trains on them with ALNT statistics"
+    assert runs["dsal-noalnt"]["rounds"][1]["pseudo"] >= 1 and not runs["dsal-noalnt"]["rounds"][1]["alnt"]
+    assert all(r["pseudo"] == 0 for n in ("random", "fg-random", "mc-dropout", "full") for r in runs[n]["rounds"])
+
+
+def test_full_labels_the_whole_pool(runs: dict[str, dict]) -> None:
+    meta = runs["full"]["metadata"]
+    assert all(r["labelled"] == meta["pool_size"] for r in runs["full"]["rounds"])
+    assert meta["initial"] == meta["pool_size"]
+
+
+def test_strategies_share_the_split_and_initial_set(runs: dict[str, dict]) -> None:
+    reference = runs["random"]["metadata"]
+    for name in ("dsal", "fg-random", "mc-dropout"):
+        meta = runs[name]["metadata"]
+        assert meta["test_cases"] == reference["test_cases"] and meta["val_cases"] == reference["val_cases"]
+        assert meta["initial_cases"] == reference["initial_cases"], name
+        # same data, same seed: the same first model
+        assert runs[name]["rounds"][0]["test_dice"] == pytest.approx(runs["random"]["rounds"][0]["test_dice"])
+
+
+@pytest.mark.parametrize("strategy", ["mc-dropout", "fg-random"])
+def test_same_seed_gives_same_selections(runs: dict[str, dict], phantom_source: Path, tmp_path: Path, strategy: str) -> None:
+    again = _run(phantom_source, tmp_path, strategy)
+    assert [r["selected"] for r in again["rounds"]] == [r["selected"] for r in runs[strategy]["rounds"]]
+    assert [r["test_dice"]["mean"] for r in again["rounds"]] == pytest.approx([r["test_dice"]["mean"] for r in runs[strategy]["rounds"]])
+
+
+def test_different_seeds_give_different_splits() -> None:
+    ids = [f"case_{n:03d}" for n in range(40)]
+    a, b = plan_splits(ids, 0, 0.2, 0.1, None), plan_splits(ids, 1, 0.2, 0.1, None)
+    assert a.test != b.test
+    assert len(a.test) == 8 and a.n_val == 4 and len(a.store) == 32 and not set(a.test) & set(a.store)
+    capped = plan_splits(ids, 0, 0.2, 0.1, 10)
+    assert capped.test == a.test and len(capped.store) == 4 + 10
+
+
+def test_strategy_registry_and_labels() -> None:
+    assert set(STRATEGIES) == {"dsal", "random", "fg-random", "mc-dropout", "full"}
+    assert get_strategy("mc-dropout", passes=3).passes == 3  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        get_strategy("uncertainty")
+    assert strategy_label("dsal", True, True) == "dsal+alnt" and strategy_label("dsal", False, True) == "dsal"
+    assert strategy_label("random", True, True) == "random"
+
+
+def test_predictive_entropy_bounds() -> None:
+    uniform = np.full((3, 2, 2, 2), 1 / 3, dtype=np.float32)
+    certain = np.zeros((3, 2, 2, 2), dtype=np.float32)
+    certain[0] = 1.0
+    assert predictive_entropy(uniform) == pytest.approx(np.log(3), rel=1e-5)
+    assert predictive_entropy(certain) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_random_strategy_draws_from_the_unlabelled_pool(runs: dict[str, dict]) -> None:
+    # the selection is a draw without replacement: never a case that was already labelled
+    for row_before, row in zip(runs["random"]["rounds"], runs["random"]["rounds"][1:]):
+        assert not set(row_before["selected"]) & set(row_before["labelled_cases"])
+        assert set(row_before["selected"]) <= set(row["labelled_cases"])
+    assert random.Random(0).sample(range(10), 3) == random.Random(0).sample(range(10), 3)
+
+
+def test_cli_simulate_and_plot_write_results_and_png(runs: dict[str, dict], phantom_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "random.json"
+    args = ["simulate", "--dataset", str(phantom_source), "--strategy", "random", "--rounds", "1", "--per-round", "1",
+            "--initial", "2", "--test-fraction", "0.2", "--val-fraction", "0.2", "--work-dir", str(tmp_path / "w"),
+            "--out", str(out)] + [x for item in TINY for x in ("--set", item)]
+    assert main(args) == 0
+    assert len(load_results(out)["rounds"]) == 2
+    paths = []
+    for name, result in runs.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(result))
+        paths.append(str(path))
+    png = tmp_path / "curves.png"
+    assert main(["plot", *paths, str(out), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    curves = summarise_curves([load_results(Path(p)) for p in paths] + [load_results(out)])
+    assert curves["random"][0][3] == 2  # two runs of "random" at 2 labels: mean over both
+    assert len(curves["full"]) == 1  # the ceiling is its final round only
+
+
+def test_cli_rejects_bad_results_file(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    assert main(["plot", str(bad), "-o", str(tmp_path / "c.png")]) == 2
+
+
+@pytest.mark.shared_data
+def test_one_round_smoke_on_hippocampus_mri(tmp_path: Path) -> None:
+    """12 real MRI volumes (MSD Task04) through one DSAL round; Dice is only checked to be a number."""
+    if not (HIPPOCAMPUS / "dataset.json").is_file():
+        pytest.skip(f"shared test data not found at {HIPPOCAMPUS} (it lives beside the project, never in it)")
+    dataset = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
+    subset = {**dataset, "training": [
+        {"image": str((HIPPOCAMPUS / e["image"]).resolve()), "label": str((HIPPOCAMPUS / e["label"]).resolve())}
+        for e in dataset["training"][:12]
+    ]}
+    (tmp_path / "hippo").mkdir()
+    (tmp_path / "hippo" / "dataset.json").write_text(json.dumps(subset))
+    result = simulate(
+        tmp_path / "hippo", "dsal", rounds=1, per_round=2, initial=2, test_fraction=0.2, val_fraction=0.1,
+        overrides=["network.channels=4,8,16,16", "training.patch_size=48,64,48", "training.epochs_first=1",
+                   "training.epochs_per_round=1", "training.steps_per_epoch=1", "training.num_threads=1"],
+        work_dir=tmp_path / "work",
+    )
+    meta = result["metadata"]
+    assert meta["config"]["intensity"]["mode"] == "zscore"  # MRI, from dataset.json's modality
+    assert meta["n_test"] == 2 and meta["n_val"] == 1 and meta["pool_size"] == 9
+    assert set(result["rounds"][0]["test_dice"]) == {"Anterior", "Posterior", "mean"}
+    assert [r["labelled"] for r in result["rounds"]] == [2, 4]
+
+
+def test_evaluate_test_split_is_exact_on_a_perfect_prediction(phantom_source: Path) -> None:
+    """Dice 1 when the model's argmax equals the truth (a stub model returning one-hot logits)."""
+    import torch
+
+    from activeseg.config import Config
+    from activeseg.imageio import read_volume
+    from activeseg.networks import DeepSupervisionOutput
+
+    dataset = json.loads((phantom_source / "dataset.json").read_text())
+    entry = dataset["training"][0]
+    image_path, label_path = phantom_source / entry["image"], phantom_source / entry["label"]
+    truth = torch.from_numpy(read_volume(label_path, dtype=np.uint8).array.astype(np.int64))
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> DeepSupervisionOutput:  # the crop's truth, found by position
+            logits = torch.nn.functional.one_hot(self.crop, 3).permute(3, 0, 1, 2)[None].float() * 10
+            return DeepSupervisionOutput(logits, logits, logits)
+
+    config = Config()
+    config.labels = {1: "lung", 2: "lesion"}
+    config.training.patch_size = tuple(int(s) for s in truth.shape)  # type: ignore[assignment]
+    model = Oracle()
+    model.crop = truth
+    result = evaluate_test_split(model, [("p0", image_path, label_path)], config, torch.device("cpu"))
+    assert result["mean"] == pytest.approx(1.0)
