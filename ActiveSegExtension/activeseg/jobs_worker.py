@@ -49,6 +49,8 @@ class ProgressReporter:
         self._parent = os.getppid()
         self._last_write = 0.0
         self._last_epoch: tuple[Any, Any] | None = None
+        # Per-epoch (epoch, loss, val_dice) of this job so far: clients draw a live loss/Dice curve from it.
+        self.history: list[dict[str, Any]] = []
 
     def request_cancel(self, *_: Any) -> None:
         """Signal handler: stop at the next progress report."""
@@ -67,6 +69,7 @@ class ProgressReporter:
                 event.get("epoch"), event.get("epochs"), float(event.get("loss") or 0.0), event.get("val_dice"),
             )
             self._last_epoch = epoch_key
+            self.history.append({"epoch": event.get("epoch"), "loss": event.get("loss"), "val_dice": event.get("val_dice")})
         now = time.monotonic()
         if phase_changed or now - self._last_write >= self.min_interval_s:
             self.flush()
@@ -78,7 +81,8 @@ class ProgressReporter:
     def flush(self) -> None:
         """Write the latest event now."""
         self._last_write = time.monotonic()
-        if not self.table.update_progress(self.job_id, self.latest):
+        snapshot = {**self.latest, "history": self.history} if self.history else self.latest
+        if not self.table.update_progress(self.job_id, snapshot):
             # The server marked the job interrupted or cancelled: stop working for nobody.
             self.cancelled = True
 

@@ -117,6 +117,14 @@ class NextOut(BaseModel):
     case: CaseOut | None
 
 
+class EpochPoint(BaseModel):
+    """One finished epoch of a training job."""
+
+    epoch: int | None = None
+    loss: float | None = None
+    val_dice: float | None = None
+
+
 class JobProgress(BaseModel):
     """The latest progress event of a job (fields a phase does not report are null)."""
 
@@ -131,6 +139,7 @@ class JobProgress(BaseModel):
     val_dice: float | None = None
     eta_s: float | None = None
     elapsed_s: float | None = None
+    history: list[EpochPoint] = Field(default_factory=list, description="this job's epochs so far (live curve)")
 
 
 class JobOut(BaseModel):
@@ -215,7 +224,7 @@ def case_out(record: CaseRecord, score: ScoreRecord | None = None) -> CaseOut:
 
 def job_out(job: JobRecord, log_tail: list[str] | None = None) -> JobOut:
     """API view of a job."""
-    progress = {k: v for k, v in job.progress.items() if not isinstance(v, (dict, list))}
+    progress = {k: v for k, v in job.progress.items() if not isinstance(v, (dict, list)) or k == "history"}
     return JobOut(
         job_id=job.job_id,
         kind=job.kind,
