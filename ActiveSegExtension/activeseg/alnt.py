@@ -181,6 +181,28 @@ def _dropout_off(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+def _denormals_flushed() -> bool:
+    """Whether this thread currently flushes denormals (torch has a setter but no getter)."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    return bool((tiny * 1.0 == 0).item())
+
+
+@contextmanager
+def _flush_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero on CPU for the jvp, restoring the previous setting.
+
+    A guard next to the tangent rescaling (module docstring): unscaled gradient tangents measured
+    10-40x slower on CPU from denormal intermediates. Values below 1.2e-38 do not affect the weights.
+    """
+    previous = _denormals_flushed()
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported and not previous:
+            torch.set_flush_denormal(False)
+
+
 def normalise_weights(values: torch.Tensor) -> torch.Tensor:
     """Clamp at zero and scale to sum 1; an all-zero (or non-finite-sum) vector stays all zero.
 
@@ -302,7 +324,7 @@ def directional_derivatives(
         outputs, d0 = functional_call(wrapper, p, (images,))
         return per_sample_deep_supervision_loss(outputs, labels), (outputs, d0)
 
-    with torch.no_grad():
+    with torch.no_grad(), _flush_denormals():
         if method == "jvp":
             losses, dots, (outputs, d0) = jvp(losses_of, (primals,), (tangents,), has_aux=True)
         else:

@@ -33,7 +33,9 @@ class NetworkConfig:
     Attributes:
         channels: feature channels per resolution level, finest first. Four levels = three 2x
             down-samplings, so inputs are padded to a multiple of 8 voxels per axis.
-        dropout: dropout probability in the decoder; used only by the MC-dropout baseline at inference.
+        dropout: dropout probability in the decoder blocks, active in training (regularisation) and sampled by
+            the MC-dropout baseline at inference. DSAL itself needs none; with 0, ALNT's step is cheaper
+            (it reuses the expert backward, see ``alnt.alnt_backward``).
     """
 
     channels: tuple[int, ...] = (16, 32, 64, 128)

@@ -29,11 +29,18 @@ Deviations from the papers' protocols, stated here because they change numbers:
   reported fold).
 * Fewer epochs and a narrower network than the papers, to fit CPU budgets; the caller chooses via
   overrides and the results record the full configuration.
+
+Round-0 cache (``round0_cache``): the first model depends only on the seed, the splits, the initial
+labels and the network/training settings, so strategies sharing a seed share it exactly. With a cache
+folder, the first run trains it and later runs register a copy instead of re-training (their round-0
+``train_s`` is the original run's, flagged ``round0_cached``). ``full`` never uses it (its round 0 trains
+on the whole pool). Without a cache every run trains its own (identical) round 0.
 """
 
 from __future__ import annotations
 
 import datetime as _datetime
+import hashlib
 import json
 import logging
 import os
@@ -166,6 +173,26 @@ def _write_subset_dataset(folder: Path, source_json: dict[str, Any], images: dic
     return path
 
 
+def _round0_key(config: Config, seed: int, val_ids: list[str], initial: list[str]) -> str:
+    """Hash of everything the round-0 model depends on (ALNT and DSAL settings do not enter round 0)."""
+    settings = config.to_dict()
+    relevant = {k: settings[k] for k in ("labels", "network", "training", "intensity")}
+    text = json.dumps([relevant, seed, sorted(val_ids), sorted(initial)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _store_round0(cache_file: Path, weights: Path, metrics: dict[str, Any]) -> None:
+    """Write the cache entry atomically (metrics first, weights last: the weights mark it complete)."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    for target, write in (
+        (cache_file.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(metrics))),
+        (cache_file, lambda tmp: shutil.copyfile(weights, tmp)),
+    ):
+        temporary = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        write(temporary)
+        os.replace(temporary, target)
+
+
 def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
@@ -186,6 +213,7 @@ def simulate(
     pseudo: bool = True,
     mc_passes: int = 10,
     keep_work_dir: bool = False,
+    round0_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Run one label-efficiency experiment and return its results.
 
@@ -206,6 +234,7 @@ def simulate(
         pseudo: DSAL's weak pseudo-labels (False = strong queue only).
         mc_passes: T of ``mc-dropout``.
         keep_work_dir: keep the datastore afterwards (default: removed when ``work_dir`` was not given).
+        round0_cache: folder sharing the round-0 model between runs of one seed (see the module docstring).
 
     Returns:
         JSON-ready ``{"format", "metadata": {...}, "rounds": [per-round dict], "seconds"}``. Each round:
@@ -273,10 +302,22 @@ def simulate(
         label_text, seed, len(plan.test), len(val_ids), len(pool), len(first), rounds, per_round,
     )
     results_rounds: list[dict[str, Any]] = []
+    cache_file = None
+    if round0_cache is not None and not chooser.labels_everything:
+        cache_file = Path(round0_cache) / f"round0-{_round0_key(config, seed, val_ids, first)}.pt"
     for round_index in range(rounds + 1):
         train_started = time.perf_counter()
-        record = train_round(store)
-        train_s = time.perf_counter() - train_started
+        cached = round_index == 0 and cache_file is not None and cache_file.is_file()
+        if cached:
+            assert cache_file is not None
+            cached_metrics = json.loads(cache_file.with_suffix(".json").read_text())
+            record = store.add_model(cache_file, cached_metrics, None)
+            train_s = float(cached_metrics["wall_s"])
+        else:
+            record = train_round(store)
+            train_s = time.perf_counter() - train_started
+            if round_index == 0 and cache_file is not None:
+                _store_round0(cache_file, record.weights_path, {**record.metrics, "wall_s": train_s})
         model = load_checkpoint(record.weights_path, device)
         eval_started = time.perf_counter()
         dice = evaluate_test_split(model, test_cases, config, device)
@@ -294,6 +335,7 @@ def simulate(
             "best_epoch": record.metrics["best_epoch"],
             "alnt": record.metrics["alnt"],
             "train_s": train_s,
+            "round0_cached": cached,
             "eval_s": eval_s,
             "rank_s": 0.0,
             "selected": [],

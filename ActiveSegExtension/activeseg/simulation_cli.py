@@ -37,6 +37,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         args.dataset, args.strategy, seed=args.seed, rounds=args.rounds, per_round=args.per_round, initial=args.initial,
         test_fraction=args.test_fraction, val_fraction=args.val_fraction, overrides=args.set, alnt=not args.no_alnt,
         work_dir=args.work_dir, pool_size=args.pool_size, pseudo=not args.no_pseudo, mc_passes=args.mc_passes,
+        round0_cache=args.round0_cache,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
@@ -126,6 +127,8 @@ def add_simulation_commands(commands: argparse._SubParsersAction) -> None:  # ty
     sub.add_argument("--no-pseudo", action="store_true", help="DSAL without weak pseudo-labels")
     sub.add_argument("--mc-passes", type=int, default=10, help="T of mc-dropout")
     sub.add_argument("--work-dir", type=Path, default=None, help="datastore folder (replaced); default a temp folder")
+    sub.add_argument("--round0-cache", type=Path, default=None,
+                     help="folder sharing the identical round-0 model between strategies of one seed (saves CPU)")
     sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE", help="override a setting (repeatable)")
     sub.add_argument("--out", type=Path, required=True, help="results JSON to write")
     sub.set_defaults(func=simulate_command)

@@ -24,6 +24,7 @@ from .config import Config
 from .datastore import TRAINED_STATES, Datastore, ModelRecord
 from .errors import CaseStateError, TrainingCancelled
 from .inference import load_checkpoint, predict_heads, save_checkpoint, select_device
+from .alnt import alnt_backward
 from .losses import per_sample_deep_supervision_loss
 from .networks import DeepSupervisedUNet3D, build_network
 from .preprocessing import normalise_intensity, sample_crop
@@ -124,9 +125,10 @@ def train_model(
     """Train ``model`` in place; keep the weights of the epoch with the best validation Dice.
 
     Each step draws ``batch_size`` expert crops. When pseudo-labelled samples exist, it also draws
-    ``alnt.pseudo_batch_size`` pseudo crops: with ALNT on, their per-sample losses are weighted by
-    :func:`activeseg.alnt.compute_alnt_weights` (objective per ``alnt.objective``); with ALNT off they
-    join the batch at the experts' weight.
+    ``alnt.pseudo_batch_size`` pseudo crops: with ALNT on, their per-sample losses are weighted by ALNT
+    (:func:`activeseg.alnt.alnt_backward`, objective per ``alnt.objective``); with ALNT off they join the
+    batch at the experts' weight. With ``network.dropout`` > 0 the ALNT step cannot reuse the expert
+    backward (dropout masks differ between passes) and costs about one expert pass more.
 
     Returns:
         Metrics: loss history (per epoch), validation history, best epoch, ALNT weight statistics.
@@ -157,25 +159,21 @@ def train_model(
         for step in range(1, settings.steps_per_epoch + 1):
             images, labels = _batch(data.experts, settings.batch_size, config, rng, device)
             step_stats: dict[str, float] = {}
-            if data.pseudo:
-                pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
-            if use_alnt:
-                from .alnt import alnt_objective, compute_alnt_weights
-
-                result = compute_alnt_weights(model, images, labels, pseudo_images, pseudo_labels, config.alnt)
-                step_stats = result.stats
-                alnt_history.append(step_stats)
-            elif data.pseudo:
-                images, labels = torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_labels])
             optimiser.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
-                expert_losses = per_sample_deep_supervision_loss(model(images), labels)
-                if use_alnt:
-                    pseudo_losses = per_sample_deep_supervision_loss(model(pseudo_images), pseudo_labels)
-                    loss = alnt_objective(expert_losses, pseudo_losses, result.weights, config.alnt)
-                else:
-                    loss = expert_losses.mean()
-            loss.backward()
+            if use_alnt:
+                # One fused step: the expert backward doubles as ALNT's reference gradient g. It runs in full
+                # precision (forward-mode AD is not validated under autocast).
+                pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
+                fused = alnt_backward(model, images, labels, pseudo_images, pseudo_labels, config.alnt)
+                loss, step_stats = fused.loss, fused.alnt.stats
+                alnt_history.append(step_stats)
+            else:
+                if data.pseudo:  # ALNT off: pseudo-labelled crops join the batch at the experts' weight
+                    pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
+                    images, labels = torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_labels])
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
+                    loss = per_sample_deep_supervision_loss(model(images), labels).mean()
+                loss.backward()
             optimiser.step()
             epoch_losses.append(float(loss.detach()))
             done = (epoch - 1) * settings.steps_per_epoch + step

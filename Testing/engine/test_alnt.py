@@ -3,7 +3,6 @@ state restoration, the fused training step, and behaviour on corrupted pseudo-la
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -161,8 +160,8 @@ def test_rectification_with_an_all_zero_component_can_drop_every_sample() -> Non
 
 
 def test_all_zero_rgs_end_to_end_reports_dropped_batch() -> None:
-    """A zero expert gradient (lr-free case: identical parameters give g = 0 only at a stationary point;
-    here forced by zeroing the direction) keeps RGS all zero without NaNs."""
+    """A zero expert gradient (a stationary point; forced here by a zero direction) gives all-zero dot
+    products and finite losses, no NaN from the tangent rescaling."""
     model = _tiny()
     pseudo = _batch(7)
     zero = [torch.zeros_like(p) for p in model.parameters()]

@@ -43,10 +43,15 @@ def _run(source: Path, work: Path, strategy: str, seed: int = 0, **options: obje
 
 @pytest.fixture(scope="module")
 def runs(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """One 2-round run of every strategy (and DSAL without ALNT) on 10 phantoms, seed 0."""
+    """One 2-round run of every strategy (and DSAL without ALNT) on 10 phantoms, seed 0.
+
+    All but ``random`` share a round-0 cache; ``random`` trains its own round 0, so comparing the two
+    checks that the cache is exact (and training deterministic).
+    """
     work = tmp_path_factory.mktemp("sim")
-    results = {name: _run(phantom_source, work, name) for name in STRATEGIES}
-    results["dsal-noalnt"] = _run(phantom_source, work, "dsal", alnt=False, work_dir=work / "dsal-noalnt")
+    cache = work / "round0"
+    results = {name: _run(phantom_source, work, name, round0_cache=None if name == "random" else cache) for name in STRATEGIES}
+    results["dsal-noalnt"] = _run(phantom_source, work, "dsal", alnt=False, work_dir=work / "dsal-noalnt", round0_cache=cache)
     return results
 
 
@@ -99,8 +104,11 @@ def test_strategies_share_the_split_and_initial_set(runs: dict[str, dict]) -> No
         meta = runs[name]["metadata"]
         assert meta["test_cases"] == reference["test_cases"] and meta["val_cases"] == reference["val_cases"]
         assert meta["initial_cases"] == reference["initial_cases"], name
-        # same data, same seed: the same first model
+        # same data, same seed: the same first model (trained once by dsal, reused from the cache)
         assert runs[name]["rounds"][0]["test_dice"] == pytest.approx(runs["random"]["rounds"][0]["test_dice"])
+        assert runs[name]["rounds"][0]["round0_cached"] is (name != "dsal")
+    assert runs["random"]["rounds"][0]["round0_cached"] is False
+    assert runs["full"]["rounds"][0]["round0_cached"] is False  # full never shares: it trains on the whole pool
 
 
 @pytest.mark.parametrize("strategy", ["mc-dropout", "fg-random"])
