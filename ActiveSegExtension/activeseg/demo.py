@@ -41,7 +41,8 @@ def demo_config() -> Config:
     config.network.dropout = 0.0
     config.val_fraction = 4 / 24
     config.network.channels = (8, 16, 32, 64)
-    config.training.patch_size = (32, 64, 64)
+    config.training.patch_size = (32, 48, 48)
+    config.training.learning_rate = 3e-3
     config.training.epochs_first = 12
     config.training.epochs_per_round = 6
     config.training.steps_per_epoch = 8
