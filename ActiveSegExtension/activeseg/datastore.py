@@ -30,8 +30,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from .errors import (
     UnknownCaseError,
 )
 from .imageio import Geometry, Volume, check_same_geometry, read_geometry, read_volume, strip_image_suffix, write_volume
+from .sqlite_tx import transaction
 
 __all__ = ["STATES", "TRAINED_STATES", "CaseRecord", "ScoreRecord", "ModelRecord", "Datastore"]
 
@@ -271,21 +271,9 @@ class Datastore:
         return store, problems
 
     # ----------------------------------------------------------------- plumbing
-    @contextmanager
-    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection inside one transaction; ``write`` takes the write lock up front (no upgrade deadlocks)."""
-        connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        try:
-            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-        finally:
-            connection.close()
+    def _connect(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction on the datastore's database (see :func:`activeseg.sqlite_tx.transaction`)."""
+        return transaction(self.db_path, write)
 
     def _row(self, connection: sqlite3.Connection, case_id: str) -> sqlite3.Row:
         validate_case_id(case_id)

@@ -26,13 +26,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ActiveSegError
+from .sqlite_tx import transaction
 
 __all__ = [
     "JOB_KINDS",
@@ -128,21 +128,9 @@ class JobTable:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 connection.execute(statement)
 
-    @contextmanager
-    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        # Same discipline as Datastore._connect: writers take the lock up front, so no upgrade deadlocks.
-        connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        try:
-            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-        finally:
-            connection.close()
+    def _connect(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction on the datastore's database (see :func:`activeseg.sqlite_tx.transaction`)."""
+        return transaction(self.db_path, write)
 
     @staticmethod
     def _record(row: sqlite3.Row) -> JobRecord:
