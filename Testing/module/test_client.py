@@ -80,7 +80,9 @@ def test_cases_image_and_lease_round_trip(client: ActiveSegClient) -> None:
     image = client.download_image(case_id)
     assert isinstance(image, Download) and image.suffix == ".nii.gz" and image.data[:2] == b"\x1f\x8b"
     assert client.queue() == {"active_model": None, "items": []}  # nothing ranked yet
-    assert client.lease_next("alice") is None
+    cold = client.lease_next("alice")  # cold start: an unlabelled training case, leased to alice
+    assert cold is not None and cold["split"] == "train" and cold["lease_holder"] == "alice"
+    client.release(cold["case_id"], "alice")
     leased = client.lease(case_id, "alice")
     assert leased["lease_holder"] == "alice"
     with pytest.raises(BackendRequestError) as caught:

@@ -71,7 +71,10 @@ def test_progress_is_throttled_but_phase_changes_are_written() -> None:
         assert reporter({"phase": "train", "epoch": 1, "epochs": 1, "step": step, "steps": 200, "loss": 1.0 / step})
     reporter({"phase": "validate", "epoch": 1, "epochs": 1, "val_dice": 0.5})
     assert len(table.writes) == 2
-    assert table.writes[0]["phase"] == "train" and table.writes[1] == {"phase": "validate", "epoch": 1, "epochs": 1, "val_dice": 0.5}
+    assert table.writes[0]["phase"] == "train" and table.writes[1] == {
+        "phase": "validate", "epoch": 1, "epochs": 1, "val_dice": 0.5,
+        "history": [{"epoch": 1, "loss": None, "val_dice": 0.5}],  # the live curve so far
+    }
     reporter.request_cancel()
     assert reporter({"phase": "validate"}) is False
 
