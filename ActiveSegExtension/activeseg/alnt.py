@@ -46,6 +46,8 @@ Deviations from the paper / the original code, on purpose:
   restored; instance norm (no running statistics) behaves identically in both modes.
 * The expert batch also trains the model by default (``objective="expert+weighted"``), see ALGORITHMS.md.
 * ``settings.enabled = False`` gives uniform weights ``1/B`` (pseudo-labels weighted like experts).
+* In the default objective the pseudo term is scaled by the pseudo-labelled share of the labelled volumes
+  (:func:`pseudo_share`, ``alnt.scale_by_share``); the paper's objective has no expert term to balance.
 
 Edge case of +AL rectification: with ``sum(w) = 1`` the largest weight is at least ``1/B`` (pigeonhole), so
 at least one sample survives. That guarantee fails when one component is all zero (e.g. no pseudo sample
@@ -86,6 +88,7 @@ __all__ = [
     "expert_gradient",
     "mix_and_rectify",
     "normalise_weights",
+    "pseudo_share",
     "rgm_from_logit_gradients",
 ]
 
@@ -430,7 +433,8 @@ def compute_alnt_weights(
 
 
 def alnt_objective(
-    expert_losses: torch.Tensor, pseudo_losses: torch.Tensor, weights: torch.Tensor, settings: AlntConfig
+    expert_losses: torch.Tensor, pseudo_losses: torch.Tensor, weights: torch.Tensor, settings: AlntConfig,
+    pseudo_scale: float = 1.0,
 ) -> torch.Tensor:
     """The training objective with ALNT weights held constant.
 
@@ -438,8 +442,10 @@ def alnt_objective(
         expert_losses: (B_v,) per-sample expert losses (with graph).
         pseudo_losses: (B,) per-sample pseudo losses (with graph).
         weights: (B,) ALNT weights (detached here again, so no gradient can flow through them).
-        settings: ``objective``: ``"expert+weighted"`` = ``mean(expert) + sum(w * pseudo)``; ``"weighted"``
+        settings: ``objective``: ``"expert+weighted"`` = ``mean(expert) + s * sum(w * pseudo)``; ``"weighted"``
             = ``sum(w * pseudo)`` (the paper: experts only shape the weights).
+        pseudo_scale: ``s``, the pseudo term's share in the ``"expert+weighted"`` objective (see
+            :func:`pseudo_share`); 1 is the plain sum.
 
     Returns:
         Scalar loss.
@@ -448,7 +454,21 @@ def alnt_objective(
     weighted = (weights.detach().to(pseudo_losses.dtype) * pseudo_losses).sum()
     if settings.objective == "weighted":
         return weighted
-    return expert_losses.mean() + weighted
+    return expert_losses.mean() + pseudo_scale * weighted
+
+
+def pseudo_share(n_pseudo: int, n_expert: int, settings: AlntConfig) -> float:
+    """The pseudo term's scale ``s`` in the ``"expert+weighted"`` objective.
+
+    With ``settings.scale_by_share`` it is ``n_pseudo / (n_pseudo + n_expert)`` (volumes, not crops): each
+    labelled volume then weighs about the same, and ALNT decides how that share is spread over the pseudo
+    batch. Without it (1.0), the pseudo term, whose weights sum to at most 1, weighs as much as *all*
+    expert labels together: measured on hippocampus MRI, one pseudo-labelled volume then outweighed each
+    expert volume ~10x and kept a one-class model stuck (Testing/benchmarks/RESULTS.md).
+    """
+    if not settings.scale_by_share or n_pseudo + n_expert == 0:
+        return 1.0
+    return n_pseudo / (n_pseudo + n_expert)
 
 
 def alnt_backward(
@@ -459,6 +479,7 @@ def alnt_backward(
     pseudo_labels: torch.Tensor,
     settings: AlntConfig,
     method: str = "jvp",
+    pseudo_scale: float = 1.0,
 ) -> AlntStepResult:
     """Fused ALNT training step up to ``optimizer.step()``: accumulates the objective's gradient into ``.grad``.
 
@@ -477,18 +498,20 @@ def alnt_backward(
         pseudo_labels: (B, 1, D, H, W) integer.
         settings: ALNT settings.
         method: ``"jvp"`` (exact, default) or ``"central"``.
+        pseudo_scale: the pseudo term's share (:func:`pseudo_share`), used by ``"expert+weighted"``.
 
     Returns:
         :class:`AlntStepResult`.
     """
     _validate(settings)
     _, params = _trainable(model)
+    scale = pseudo_scale if settings.objective == "expert+weighted" else 1.0
     fused = settings.enabled and not _has_active_dropout(model)
     if not fused:
         result = compute_alnt_weights(model, expert_images, expert_labels, pseudo_images, pseudo_labels, settings, method)
         expert_losses = per_sample_deep_supervision_loss(model(expert_images), expert_labels)
         pseudo_losses = per_sample_deep_supervision_loss(model(pseudo_images), pseudo_labels)
-        loss = alnt_objective(expert_losses, pseudo_losses, result.weights, settings)
+        loss = alnt_objective(expert_losses, pseudo_losses, result.weights, settings, pseudo_scale)
         loss.backward()
         return AlntStepResult(result, loss.detach(), expert_losses.detach(), pseudo_losses.detach(), fused=False)
 
@@ -505,7 +528,7 @@ def alnt_backward(
     result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings)
     del outputs, d0
     pseudo_losses = per_sample_deep_supervision_loss(model(pseudo_images), pseudo_labels)
-    weighted = (result.weights.to(pseudo_losses.dtype) * pseudo_losses).sum()
+    weighted = scale * (result.weights.to(pseudo_losses.dtype) * pseudo_losses).sum()
     if result.stats["sum_weight"] > 0:
         weighted.backward()
     loss = weighted.detach() + (expert_losses.mean() if settings.objective == "expert+weighted" else 0.0)

@@ -105,6 +105,8 @@ class AlntConfig:
         rectify: "+AL": zero weights below 1/B, no renormalisation.
         objective: "expert+weighted" (mean expert loss + sum w_i l_i, default) or "weighted" (paper: pseudo only).
         pseudo_batch_size: B, pseudo-labelled crops per step (original: 4).
+        scale_by_share: scale the pseudo term of "expert+weighted" by n_pseudo / (n_pseudo + n_expert)
+            volumes, so one pseudo-label cannot outweigh the expert labels (see ``alnt.pseudo_share``).
     """
 
     enabled: bool = True
@@ -112,6 +114,7 @@ class AlntConfig:
     rectify: bool = True
     objective: str = "expert+weighted"
     pseudo_batch_size: int = 2
+    scale_by_share: bool = True
 
 
 @dataclass

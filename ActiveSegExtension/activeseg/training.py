@@ -24,7 +24,7 @@ from .config import Config
 from .datastore import TRAINED_STATES, Datastore, ModelRecord
 from .errors import CaseStateError, TrainingCancelled
 from .inference import load_checkpoint, predict_heads, save_checkpoint, select_device
-from .alnt import alnt_backward
+from .alnt import alnt_backward, pseudo_share
 from .losses import per_sample_deep_supervision_loss
 from .networks import DeepSupervisedUNet3D, build_network
 from .preprocessing import normalise_intensity, sample_crop
@@ -121,8 +121,12 @@ def train_model(
     device: torch.device,
     progress: ProgressCallback | None = None,
     seed: int = 0,
+    keep_initial: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` in place; keep the weights of the epoch with the best validation Dice.
+
+    With ``keep_initial`` (fine-tuning) the starting weights compete as "epoch 0": when no epoch beats them
+    on the validation split, the round returns them unchanged (``best_epoch`` 0).
 
     Each step draws ``batch_size`` expert crops. When pseudo-labelled samples exist, it also draws
     ``alnt.pseudo_batch_size`` pseudo crops: with ALNT on, their per-sample losses are weighted by ALNT
@@ -141,13 +145,21 @@ def train_model(
     torch.manual_seed(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     use_alnt = bool(data.pseudo) and config.alnt.enabled
+    share = pseudo_share(len(data.pseudo), len(data.experts), config.alnt)
     autocast_on = settings.amp and device.type == "cuda"
     total_steps = max(1, epochs * settings.steps_per_epoch)
     started = time.perf_counter()
     loss_history: list[float] = []
     val_history: list[dict[str, float]] = []
     alnt_history: list[dict[str, float]] = []
-    best_score, best_state, best_epoch = -math.inf, None, 0
+    best_score, best_state, best_epoch, best_dice = -math.inf, None, 0, {}
+    initial_dice: dict[str, float] = {}
+    if keep_initial and data.validation:
+        # Fine-tuning: the starting weights are a candidate too, so a round never selects weights that
+        # are worse on the fixed validation split than the model it started from.
+        initial_dice = best_dice = validation_dice(model, data.validation, config, device)
+        best_score, best_epoch = initial_dice["mean"], 0
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def report(event: dict[str, Any]) -> None:
         if progress is not None and progress(event) is False:
@@ -164,7 +176,7 @@ def train_model(
                 # One fused step: the expert backward doubles as ALNT's reference gradient g. It runs in full
                 # precision (forward-mode AD is not validated under autocast).
                 pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
-                fused = alnt_backward(model, images, labels, pseudo_images, pseudo_labels, config.alnt)
+                fused = alnt_backward(model, images, labels, pseudo_images, pseudo_labels, config.alnt, pseudo_scale=share)
                 loss, step_stats = fused.loss, fused.alnt.stats
                 alnt_history.append(step_stats)
             else:
@@ -188,7 +200,7 @@ def train_model(
         val_history.append(dice)
         score = dice.get("mean", float(epoch))  # without validation labels, the last epoch wins
         if score >= best_score:
-            best_score, best_epoch = score, epoch
+            best_score, best_epoch, best_dice = score, epoch, dice
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elapsed = time.perf_counter() - started
         done = epoch * settings.steps_per_epoch
@@ -202,7 +214,8 @@ def train_model(
         "loss_history": loss_history,
         "val_history": val_history,
         "best_epoch": best_epoch,
-        "val_dice": val_history[best_epoch - 1] if val_history and val_history[best_epoch - 1] else {},
+        "val_dice": best_dice,
+        "initial_val_dice": initial_dice,
         "alnt": _summarise_alnt(alnt_history),
         "seconds": time.perf_counter() - started,
     }
@@ -245,7 +258,9 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> M
         "round %d: %d expert, %d pseudo, %d validation cases; %d epochs on %s",
         round_index, len(data.experts), len(data.pseudo), len(data.validation), epochs, device,
     )
-    metrics = train_model(model, data, config, epochs, device, progress, seed=config.training.seed + round_index)
+    metrics = train_model(
+        model, data, config, epochs, device, progress, seed=config.training.seed + round_index, keep_initial=parent is not None
+    )
     metrics.update({
         "round": round_index,
         "parent": parent,

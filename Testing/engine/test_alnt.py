@@ -286,3 +286,19 @@ def test_rgs_down_weights_corrupted_pseudo_labels() -> None:
     # Measured (3 batches): swapped samples get weight 0 (negative dot product), shifted ones ~0.75x clean.
     assert corrupted < 0.6 * clean, (clean_weights, corrupted_weights)
     assert max(corrupted_weights[0::2]) < 0.5 * clean, "swapped labels should be (nearly) dropped"
+
+
+def test_pseudo_share_scales_the_pseudo_term() -> None:
+    from activeseg.alnt import alnt_objective, pseudo_share
+    from activeseg.config import AlntConfig
+
+    settings = AlntConfig()
+    assert pseudo_share(1, 9, settings) == pytest.approx(0.1)
+    assert pseudo_share(0, 0, settings) == 1.0
+    assert pseudo_share(1, 9, AlntConfig(scale_by_share=False)) == 1.0
+    expert = torch.tensor([1.0, 3.0])
+    pseudo = torch.tensor([2.0, 4.0])
+    weights = torch.tensor([0.5, 0.5])
+    assert float(alnt_objective(expert, pseudo, weights, settings, pseudo_scale=0.1)) == pytest.approx(2.0 + 0.1 * 3.0)
+    paper = AlntConfig(objective="weighted")
+    assert float(alnt_objective(expert, pseudo, weights, paper, pseudo_scale=0.1)) == pytest.approx(3.0)

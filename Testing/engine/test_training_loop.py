@@ -110,3 +110,16 @@ def test_ranking_keeps_a_prediction_for_each_queued_case(labelled_store: Datasto
         assert prediction.geometry == store.image_geometry(case_id)
     kept = {p.name for p in (store.meta_dir / "predictions").iterdir()}
     assert kept == {store.prediction_path(c, version).name for c in result.strong}
+
+
+def test_a_round_never_selects_weights_worse_than_its_parent(labelled_store: Datastore) -> None:
+    store = labelled_store
+    store.config.training.learning_rate = 5e-3
+    store.config.training.epochs_first = 3
+    store.config.training.steps_per_epoch = 4
+    first = train_round(store)
+    store.config.training.learning_rate = 50.0  # a fine-tuning round that can only wreck the model
+    second = train_round(store)
+    assert second.metrics["best_epoch"] == 0
+    assert second.metrics["val_dice"] == second.metrics["initial_val_dice"]
+    assert second.metrics["val_dice"]["mean"] == pytest.approx(first.metrics["val_dice"]["mean"], abs=1e-9)
