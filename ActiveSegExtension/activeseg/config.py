@@ -58,6 +58,10 @@ class TrainingConfig:
         device: "auto" (CUDA when available), "cpu" or "cuda".
         amp: mixed precision on CUDA (ignored on CPU).
         num_threads: torch CPU threads (0 = torch's default).
+        class_balance: weight the cross-entropy per class by inverse square-root voxel frequency of the expert
+            labels (``losses.balanced_class_weights``), so small classes (lesions) are learned within a short
+            budget. Off by default until the label-efficiency evaluation has been re-run with it; the demo
+            turns it on.
     """
 
     patch_size: tuple[int, int, int] = (32, 64, 64)
@@ -71,6 +75,7 @@ class TrainingConfig:
     device: str = "auto"
     amp: bool = True
     num_threads: int = 0
+    class_balance: bool = False
 
 
 @dataclass

@@ -39,13 +39,14 @@ def demo_config() -> Config:
     """
     config = Config()
     config.network.dropout = 0.0
+    config.training.class_balance = True  # lesions are ~0.1 % of voxels
     config.val_fraction = 4 / 24
     config.network.channels = (8, 16, 32, 64)
     config.training.patch_size = (32, 48, 48)
     config.training.learning_rate = 3e-3
-    config.training.epochs_first = 12
-    config.training.epochs_per_round = 6
-    config.training.steps_per_epoch = 8
+    config.training.epochs_first = 20
+    config.training.epochs_per_round = 8
+    config.training.steps_per_epoch = 10
     config.dsal.strong_per_round = 4
     config.dsal.weak_start_round = 2
     config.dsal.weak_initial = 3

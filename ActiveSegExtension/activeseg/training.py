@@ -25,7 +25,7 @@ from .datastore import TRAINED_STATES, Datastore, ModelRecord
 from .errors import CaseStateError, TrainingCancelled
 from .inference import load_checkpoint, predict_heads, save_checkpoint, select_device
 from .alnt import alnt_backward, pseudo_share
-from .losses import per_sample_deep_supervision_loss
+from .losses import balanced_class_weights, per_sample_deep_supervision_loss
 from .networks import DeepSupervisedUNet3D, build_network
 from .preprocessing import normalise_intensity, sample_crop
 from .pseudolabels import read_segmentation_labelmap
@@ -146,6 +146,10 @@ def train_model(
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     use_alnt = bool(data.pseudo) and config.alnt.enabled
     share = pseudo_share(len(data.pseudo), len(data.experts), config.alnt)
+    class_weights = (
+        balanced_class_weights([s.label for s in data.experts], config.num_classes).to(device)
+        if settings.class_balance else None
+    )
     autocast_on = settings.amp and device.type == "cuda"
     total_steps = max(1, epochs * settings.steps_per_epoch)
     started = time.perf_counter()
@@ -176,7 +180,10 @@ def train_model(
                 # One fused step: the expert backward doubles as ALNT's reference gradient g. It runs in full
                 # precision (forward-mode AD is not validated under autocast).
                 pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
-                fused = alnt_backward(model, images, labels, pseudo_images, pseudo_labels, config.alnt, pseudo_scale=share)
+                fused = alnt_backward(
+                    model, images, labels, pseudo_images, pseudo_labels, config.alnt,
+                    pseudo_scale=share, class_weights=class_weights,
+                )
                 loss, step_stats = fused.loss, fused.alnt.stats
                 alnt_history.append(step_stats)
             else:
@@ -184,7 +191,7 @@ def train_model(
                     pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
                     images, labels = torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_labels])
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
-                    loss = per_sample_deep_supervision_loss(model(images), labels).mean()
+                    loss = per_sample_deep_supervision_loss(model(images), labels, class_weights).mean()
                 loss.backward()
             optimiser.step()
             epoch_losses.append(float(loss.detach()))
@@ -217,6 +224,7 @@ def train_model(
         "val_dice": best_dice,
         "initial_val_dice": initial_dice,
         "alnt": _summarise_alnt(alnt_history),
+        "class_weights": class_weights.tolist() if class_weights is not None else None,
         "seconds": time.perf_counter() - started,
     }
 

@@ -302,3 +302,31 @@ def test_pseudo_share_scales_the_pseudo_term() -> None:
     assert float(alnt_objective(expert, pseudo, weights, settings, pseudo_scale=0.1)) == pytest.approx(2.0 + 0.1 * 3.0)
     paper = AlntConfig(objective="weighted")
     assert float(alnt_objective(expert, pseudo, weights, paper, pseudo_scale=0.1)) == pytest.approx(3.0)
+
+
+def test_class_weights_lift_rare_classes_and_flow_into_alnt() -> None:
+    import numpy as np
+
+    from activeseg.config import AlntConfig
+    from activeseg.losses import balanced_class_weights
+
+    label = np.zeros((10, 10, 10), np.uint8)
+    label[:4] = 1
+    label[0, 0, :2] = 2
+    weights = balanced_class_weights([label], 3)
+    assert weights[2] > weights[1] > weights[0]
+    frequency = np.bincount(label.ravel(), minlength=3) / label.size
+    assert float((torch.from_numpy(frequency).float() * weights).sum()) == pytest.approx(1.0, rel=1e-5)
+    assert float(balanced_class_weights([np.zeros((4, 4, 4), np.uint8)], 3, cap=10.0)[2]) > 0  # absent class: capped
+    # the same weights reach ALNT's losses: the fused step with and without them differ
+    from activeseg.alnt import alnt_backward
+    from activeseg.networks import build_network
+
+    torch.manual_seed(0)
+    model = build_network(3, (4, 8, 8, 16), 0.0)
+    images = torch.randn(2, 1, 16, 16, 16)
+    labels = torch.randint(0, 3, (2, 1, 16, 16, 16))
+    plain = alnt_backward(model, images, labels, images, labels, AlntConfig())
+    model.zero_grad()
+    balanced = alnt_backward(model, images, labels, images, labels, AlntConfig(), class_weights=torch.tensor([0.5, 1.0, 20.0]))
+    assert float(plain.loss) != pytest.approx(float(balanced.loss))
