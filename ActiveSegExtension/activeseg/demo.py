@@ -51,6 +51,8 @@ def demo_config() -> Config:
     config.dsal.weak_start_round = 2
     config.dsal.weak_initial = 3
     config.dsal.weak_increment = 3
+    # ~16 unlabelled cases: 10 equal-width confidence bins would leave the top bin one or two cases wide.
+    config.dsal.confidence_bins = 4
     return config
 
 
