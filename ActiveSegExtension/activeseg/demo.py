@@ -19,6 +19,7 @@ import numpy as np
 from .config import Config
 from .console import ProgressBar, format_table
 from .datastore import Datastore
+from .errors import DatastoreError
 from .imageio import read_volume
 from .initialise import init_datastore
 from .phantoms import write_phantom_dataset
@@ -72,7 +73,7 @@ def run_demo(
     out: Path, cases: int = 24, rounds: int = 3, initial_labels: int = 4, seed: int = 0, progress: bool = True,
     config: Config | None = None, shape: tuple[int, int, int] = (32, 64, 64),
 ) -> dict:
-    """Run the demo into ``out`` (replaced if it exists) and return its summary.
+    """Run the demo into ``out`` (an earlier demo's output there is replaced) and return its summary.
 
     Args:
         config: settings (default: :func:`demo_config`); tests pass a tiny network.
@@ -83,7 +84,10 @@ def run_demo(
     """
     started = time.perf_counter()
     out = Path(out)
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
+        # Only ever delete what an earlier demo wrote: never a folder the user keeps other things in.
+        if not (out / "store" / ".activeseg").is_dir():
+            raise DatastoreError(f"{out} exists and is not an earlier demo output: choose another --out")
         shutil.rmtree(out)
     logger.info("Generating %d phantoms in %s ...", cases, out / "phantoms")
     write_phantom_dataset(out / "phantoms", cases, seed=seed, shape=shape)

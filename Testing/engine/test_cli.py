@@ -70,3 +70,12 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert summary["rounds"][1]["expert"] == 2 + 2  # the radiologist labelled round 1's queue
     assert summary["curve"].is_file() and summary["curve"].stat().st_size > 1000
     assert all(p.name.endswith(".seg.nrrd") and p.is_file() for p in summary["pseudo_labels"])
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "thesis.txt").write_text("do not delete")
+    result = activeseg("demo", "--out", str(keep), "--quiet")
+    assert result.returncode == 2 and "not an earlier demo output" in result.stderr
+    assert (keep / "thesis.txt").read_text() == "do not delete"
