@@ -444,8 +444,9 @@ class Datastore:
                     "UPDATE cases SET state = 'pseudo', pseudo_file = ?, pseudo_model = ?, updated = ? WHERE case_id = ?",
                     (str(path.relative_to(self.meta_dir)), model_version, time.time(), case_id),
                 )
+        kept = {str(p.relative_to(self.meta_dir)) for p in written.values()}
         for relative in stale:
-            if relative and relative not in {str(p.relative_to(self.meta_dir)) for p in written.values()}:
+            if relative and relative not in kept:
                 (self.meta_dir / relative).unlink(missing_ok=True)
 
     def accept_pseudo(self, case_id: str) -> CaseRecord:

@@ -23,6 +23,7 @@ from .atomic import atomic_write
 from .datastore import Datastore, ScoreRecord
 from .dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
 from .errors import ModelVersionError, TrainingCancelled
+from .imageio import Geometry
 from .inference import HeadProbabilities, load_checkpoint, predict_heads, select_device
 from .preprocessing import normalise_intensity
 from .pseudolabels import write_segmentation_file
@@ -65,24 +66,24 @@ def score_case(case_id: str, heads: HeadProbabilities, num_classes: int) -> tupl
     return score, main
 
 
-def _write_pseudo(store: Datastore, case_id: str, labelmap: np.ndarray) -> Path:
-    geometry = store.image_geometry(case_id)
-    target = store.meta_dir / "pseudo" / f"{case_id}.{uuid.uuid4().hex[:12]}.seg.nrrd"
+def _write_segmentation(store: Datastore, target: Path, labelmap: np.ndarray, geometry: Geometry) -> Path:
+    """Write a labelmap atomically as a Slicer ``.seg.nrrd`` with the datastore's label names."""
     return atomic_write(target, lambda path: write_segmentation_file(path, labelmap, geometry, store.config.labels))
 
 
-def _write_predictions(store: Datastore, version: int, labelmaps: dict[str, np.ndarray]) -> None:
+def _write_pseudo(store: Datastore, case_id: str, labelmap: np.ndarray, geometry: Geometry) -> Path:
+    target = store.meta_dir / "pseudo" / f"{case_id}.{uuid.uuid4().hex[:12]}.seg.nrrd"
+    return _write_segmentation(store, target, labelmap, geometry)
+
+
+def _write_predictions(store: Datastore, version: int, predictions: dict[str, tuple[np.ndarray, Geometry]]) -> None:
     """Keep the queued cases' predictions as starting segmentations for the annotator; drop older ones."""
     folder = store.meta_dir / "predictions"
     folder.mkdir(exist_ok=True)
     for stale in folder.glob("*.seg.nrrd"):
         stale.unlink(missing_ok=True)
-    for case_id, labelmap in labelmaps.items():
-        geometry = store.image_geometry(case_id)
-        atomic_write(
-            store.prediction_path(case_id, version),
-            lambda path, labelmap=labelmap, geometry=geometry: write_segmentation_file(path, labelmap, geometry, store.config.labels),
-        )
+    for case_id, (labelmap, geometry) in predictions.items():
+        _write_segmentation(store, store.prediction_path(case_id, version), labelmap, geometry)
 
 
 def rank_round(
@@ -105,6 +106,7 @@ def rank_round(
     started = time.perf_counter()
     result = RankResult(model_version=version)
     main_maps: dict[str, np.ndarray] = {}
+    geometries: dict[str, Geometry] = {}
     for index, record in enumerate(candidates, start=1):
         volume = store.load_image(record.case_id)
         image = normalise_intensity(volume.array, config.intensity)
@@ -112,6 +114,7 @@ def rank_round(
         score, main = score_case(record.case_id, heads, config.num_classes)
         result.scores.append(score)
         main_maps[record.case_id] = main
+        geometries[record.case_id] = volume.geometry
         elapsed = time.perf_counter() - started
         if progress is not None and progress({
             "phase": "rank", "step": index, "steps": len(candidates), "elapsed_s": elapsed,
@@ -122,17 +125,17 @@ def rank_round(
     eligible = {c.case_id for c in candidates if c.state != "rejected"}
     quota = weak_quota(round_index, config.dsal) if write_pseudo else 0
     result.strong, result.weak = route_cases(result.scores, config.dsal.strong_per_round, quota, config.dsal, eligible)
-    voxel_ml = {c.case_id: float(np.prod(store.image_geometry(c.case_id).spacing)) / 1000.0 for c in candidates}
+    voxel_ml = {cid: float(np.prod(geometry.spacing)) / 1000.0 for cid, geometry in geometries.items()}
     routes = {cid: "strong" for cid in result.strong} | {cid: "weak" for cid in result.weak}
     store.store_scores([
         ScoreRecord(s.case_id, version, s.mdsc, s.confidence, s.foreground_voxels * voxel_ml[s.case_id], routes.get(s.case_id, "none"))
         for s in result.scores
     ])
     validation_queue = [c.case_id for c in store.cases(split="val") if c.state in ("unlabeled", "queued")]
-    _write_predictions(store, version, {case_id: main_maps[case_id] for case_id in result.strong})
+    _write_predictions(store, version, {cid: (main_maps[cid], geometries[cid]) for cid in result.strong})
     store.set_queue(validation_queue + result.strong)
     if write_pseudo:
-        written = {case_id: _write_pseudo(store, case_id, main_maps[case_id]) for case_id in result.weak}
+        written = {cid: _write_pseudo(store, cid, main_maps[cid], geometries[cid]) for cid in result.weak}
         store.set_pseudo_labels(version, written)
     result.seconds = time.perf_counter() - started
     logger.info(
@@ -153,17 +156,19 @@ def pseudo_label_round(store: Datastore, progress: Callable[[dict[str, Any]], bo
     version = store.active_version()
     if version is None:
         raise ModelVersionError("no model yet: run a training round first")
-    weak = [cid for cid, s in store.scores(version).items() if s.route == "weak"]
-    if not store.scores(version):
+    scores = store.scores(version)
+    weak = [cid for cid, s in scores.items() if s.route == "weak"]
+    if not scores:
         raise ModelVersionError(f"model v{version} has not ranked the pool yet: run a ranking job first")
     config = store.config
     device = select_device(config.training.device)
     model = load_checkpoint(store.model(version).weights_path, device)
     written = {}
     for index, case_id in enumerate(weak, start=1):
-        image = normalise_intensity(store.load_image(case_id).array, config.intensity)
+        volume = store.load_image(case_id)
+        image = normalise_intensity(volume.array, config.intensity)
         main = predict_heads(model, image, config.training.patch_size, device, config.training.amp).main.argmax(axis=0)
-        written[case_id] = _write_pseudo(store, case_id, main.astype(np.uint8))
+        written[case_id] = _write_pseudo(store, case_id, main.astype(np.uint8), volume.geometry)
         if progress is not None and progress({"phase": "pseudo-label", "step": index, "steps": len(weak)}) is False:
             raise TrainingCancelled("pseudo-labelling cancelled")
     store.set_pseudo_labels(version, written)
