@@ -1,5 +1,5 @@
 """``python -m activeseg``: the same command line as the ``activeseg`` console script."""
 
-from .cli import main
+from activeseg.cli.main import main
 
 raise SystemExit(main())

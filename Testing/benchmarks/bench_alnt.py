@@ -3,10 +3,10 @@
 Variants, each one full optimiser step on an expert batch + a pseudo batch (B_v = B):
 
 * ``plain``: mean loss over expert+pseudo in one forward, backward, Adam step (no re-weighting).
-* ``alnt fused``: :func:`activeseg.alnt.alnt_backward` (the expert backward of the step is reused as
+* ``alnt fused``: :func:`activeseg.method.alnt.alnt_backward` (the expert backward of the step is reused as
   ``g``; RGS by one jvp, RGM closed form, RGS&M+AL) + Adam step. Requires no active dropout.
-* ``alnt unfused``: :func:`activeseg.alnt.compute_alnt_weights` + an ordinary expert+pseudo forward,
-  :func:`activeseg.alnt.alnt_objective` backward, Adam step (what a loop with active dropout runs).
+* ``alnt unfused``: :func:`activeseg.method.alnt.compute_alnt_weights` + an ordinary expert+pseudo forward,
+  :func:`activeseg.method.alnt.alnt_objective` backward, Adam step (what a loop with active dropout runs).
 * ``ren eps-trick``: the original's RGS by Ren et al.'s look-ahead double backward (create_graph) + the
   same training step; for the record (RGM omitted, it only adds cost).
 
@@ -51,10 +51,10 @@ def _worker(variant: str, size: int, batch: int, reps: int) -> dict[str, Any]:
     import torch
     from torch.func import functional_call
 
-    from activeseg.alnt import alnt_backward, alnt_objective, compute_alnt_weights, normalise_weights
+    from activeseg.method.alnt import alnt_backward, alnt_objective, compute_alnt_weights, normalise_weights
     from activeseg.config import AlntConfig
-    from activeseg.losses import per_sample_deep_supervision_loss as loss_fn
-    from activeseg.networks import build_network
+    from activeseg.model.loss import per_sample_deep_supervision_loss as loss_fn
+    from activeseg.model.network import build_network
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from activeseg.datastore import Datastore
-from activeseg.imageio import read_volume
+from activeseg.store.datastore import Datastore
+from activeseg.io.volumes import read_volume
 
 from Testing.server.support import ServerProcess, label_path, make_store, tiny_config
 

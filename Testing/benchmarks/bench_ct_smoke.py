@@ -9,15 +9,15 @@ Stages, each timed (wall, s) and followed by the process's peak resident memory 
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; the run happens in a fresh child process so earlier
 benchmarks do not count):
 
-1. ``init``: :func:`activeseg.initialise.init_datastore` from a dataset.json listing both CTs, with
+1. ``init``: :func:`activeseg.store.initialise.init_datastore` from a dataset.json listing both CTs, with
    lung1's mask imported as an expert label (CT intensity window, no validation split).
-2. ``train``: one :func:`activeseg.training.train_round` (channels 4,8,16,32, crops 32x96x96, 3 steps).
-3. ``rank``: :func:`activeseg.ranking.rank_round` over the unlabelled case (lung2), whole volume by
+2. ``train``: one :func:`activeseg.pipeline.training_round.train_round` (channels 4,8,16,32, crops 32x96x96, 3 steps).
+3. ``rank``: :func:`activeseg.pipeline.ranking_round.rank_round` over the unlabelled case (lung2), whole volume by
    sliding window, writing its pseudo-label (``.seg.nrrd``) at full size (``strong_per_round=0``,
    weak from round 1 so the one candidate is routed weak when the model predicts any foreground).
 4. ``score lung1``: the same per-case scoring (``predict_heads`` + ``score_case``) on the labelled lung1,
    so both CTs are ranked once.
-5. ``pseudo-label``: :func:`activeseg.ranking.pseudo_label_round`, re-writing the weak set's labels.
+5. ``pseudo-label``: :func:`activeseg.pipeline.ranking_round.pseudo_label_round`, re-writing the weak set's labels.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def _child(work: Path) -> dict:
     """The smoke run itself (in the child process); returns per-stage wall time and peak memory."""
     import numpy as np
 
-    from activeseg.inference import load_checkpoint, predict_heads, select_device
-    from activeseg.initialise import init_datastore
-    from activeseg.preprocessing import normalise_intensity
-    from activeseg.ranking import pseudo_label_round, rank_round, score_case
-    from activeseg.training import train_round
+    from activeseg.model.predictor import load_checkpoint, predict_heads, select_device
+    from activeseg.store.initialise import init_datastore
+    from activeseg.model.preprocessing import normalise_intensity
+    from activeseg.pipeline.ranking_round import pseudo_label_round, rank_round, score_case
+    from activeseg.pipeline.training_round import train_round
 
     dataset = {
         "name": "pyradiomics lung CT", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "lesion"},
@@ -101,7 +101,7 @@ def _child(work: Path) -> dict:
 def _label(path: Path):  # noqa: ANN202 - Volume, imported lazily
     import numpy as np
 
-    from activeseg.imageio import read_volume
+    from activeseg.io.volumes import read_volume
 
     return read_volume(path, dtype=np.uint8)
 

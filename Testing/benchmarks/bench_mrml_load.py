@@ -47,8 +47,8 @@ def _ct_and_label(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
 def _encode(image: np.ndarray, label: np.ndarray) -> tuple[dict[str, bytes], bytes]:
     import tempfile
 
-    from activeseg.imageio import Geometry, write_volume
-    from activeseg.pseudolabels import segmentation_bytes
+    from activeseg.io.volumes import Geometry, write_volume
+    from activeseg.io.seg_nrrd import segmentation_bytes
 
     geometry = Geometry(size=(image.shape[2], image.shape[1], image.shape[0]), spacing=(0.7, 0.7, 1.25),
                         origin=(-180.0, -200.0, -350.0), direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))

@@ -8,7 +8,7 @@ a fresh initialisation: the cost of a forward pass does not depend on the weight
 Rows, each timed per volume (mean over volumes, volumes interleaved so that load from other processes
 hits every method alike):
 
-* DSAL: :func:`activeseg.inference.predict_heads` once plus :func:`activeseg.ranking.score_case`
+* DSAL: :func:`activeseg.model.predictor.predict_heads` once plus :func:`activeseg.pipeline.ranking_round.score_case`
   (three argmaxes, two Dice agreements, confidence).
 * MC-dropout, T passes, as the ``mc-dropout`` strategy runs it (``predict_heads`` per pass: also computes
   the auxiliary heads' softmax, which MC-dropout does not need).
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from activeseg.config import IntensityConfig
-from activeseg.inference import enable_mc_dropout, predict_heads
-from activeseg.networks import build_network
-from activeseg.preprocessing import normalise_intensity
-from activeseg.ranking import score_case
-from activeseg.strategies import mc_mean_probabilities, predictive_entropy
+from activeseg.model.predictor import enable_mc_dropout, predict_heads
+from activeseg.model.network import build_network
+from activeseg.model.preprocessing import normalise_intensity
+from activeseg.pipeline.ranking_round import score_case
+from activeseg.experiments.strategies import mc_mean_probabilities, predictive_entropy
 
 __all__ = ["run"]
 
@@ -47,7 +47,7 @@ def _volumes(count: int) -> tuple[list[np.ndarray], str]:
     """``count`` z-score-normalised volumes (k, j, i) and a description of where they came from."""
     settings = IntensityConfig(mode="zscore")
     if (HIPPOCAMPUS / "dataset.json").is_file():
-        from activeseg.imageio import read_volume
+        from activeseg.io.volumes import read_volume
 
         entries = json.loads((HIPPOCAMPUS / "dataset.json").read_text())["training"][:count]
         arrays = [normalise_intensity(read_volume(HIPPOCAMPUS / e["image"]).array, settings) for e in entries]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from activeseg.config import Config
-from activeseg.phantoms import write_phantom_dataset
+from activeseg.experiments.phantoms import write_phantom_dataset
 
 PHANTOM_SHAPE = (16, 32, 32)
 

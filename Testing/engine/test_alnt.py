@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from activeseg.alnt import (
+from activeseg.method.alnt import (
     alnt_backward,
     alnt_objective,
     compute_alnt_weights,
@@ -19,10 +19,10 @@ from activeseg.alnt import (
     normalise_weights,
 )
 from activeseg.config import AlntConfig, IntensityConfig
-from activeseg.losses import per_sample_deep_supervision_loss
-from activeseg.networks import DeepSupervisedUNet3D, build_network
-from activeseg.phantoms import make_phantom
-from activeseg.preprocessing import normalise_intensity
+from activeseg.model.loss import per_sample_deep_supervision_loss
+from activeseg.model.network import DeepSupervisedUNet3D, build_network
+from activeseg.experiments.phantoms import make_phantom
+from activeseg.model.preprocessing import normalise_intensity
 
 B = 3
 SHAPE = (16, 16, 16)
@@ -289,7 +289,7 @@ def test_rgs_down_weights_corrupted_pseudo_labels() -> None:
 
 
 def test_pseudo_share_scales_the_pseudo_term() -> None:
-    from activeseg.alnt import alnt_objective, pseudo_share
+    from activeseg.method.alnt import alnt_objective, pseudo_share
     from activeseg.config import AlntConfig
 
     settings = AlntConfig()
@@ -308,7 +308,7 @@ def test_class_weights_lift_rare_classes_and_flow_into_alnt() -> None:
     import numpy as np
 
     from activeseg.config import AlntConfig
-    from activeseg.losses import balanced_class_weights
+    from activeseg.model.loss import balanced_class_weights
 
     label = np.zeros((10, 10, 10), np.uint8)
     label[:4] = 1
@@ -319,8 +319,8 @@ def test_class_weights_lift_rare_classes_and_flow_into_alnt() -> None:
     assert float((torch.from_numpy(frequency).float() * weights).sum()) == pytest.approx(1.0, rel=1e-5)
     assert float(balanced_class_weights([np.zeros((4, 4, 4), np.uint8)], 3, cap=10.0)[2]) > 0  # absent class: capped
     # the same weights reach ALNT's losses: the fused step with and without them differ
-    from activeseg.alnt import alnt_backward
-    from activeseg.networks import build_network
+    from activeseg.method.alnt import alnt_backward
+    from activeseg.model.network import build_network
 
     torch.manual_seed(0)
     model = build_network(3, (4, 8, 8, 16), 0.0)

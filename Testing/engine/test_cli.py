@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from activeseg.demo import run_demo
+from activeseg.experiments.demo import run_demo
 
 from .conftest import PHANTOM_SHAPE, tiny_config
 

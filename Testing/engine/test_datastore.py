@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from activeseg.datastore import Datastore
+from activeseg.store.datastore import Datastore
 from activeseg.errors import (
     CaseStateError,
     DatastoreError,
@@ -27,7 +27,7 @@ from activeseg.errors import (
     ModelVersionError,
     UnknownCaseError,
 )
-from activeseg.imageio import Volume, read_volume
+from activeseg.io.volumes import Volume, read_volume
 
 from .conftest import image_pairs, tiny_config
 
@@ -148,7 +148,7 @@ def test_expired_lease_is_free_again(store: Datastore) -> None:
 
 
 def test_queue_keeps_leased_cases_and_orders_by_score(store: Datastore) -> None:
-    from activeseg.datastore import ScoreRecord
+    from activeseg.store.datastore import ScoreRecord
 
     train = [c.case_id for c in store.cases(split="train")]
     store.set_queue(train[:2])
@@ -174,8 +174,8 @@ def test_model_versions_are_never_overwritten_and_can_roll_back(store: Datastore
 
 
 def test_pseudo_review_accept_and_reject(store: Datastore, phantom_source: Path) -> None:
-    from activeseg.atomic import atomic_write
-    from activeseg.pseudolabels import write_segmentation_file
+    from activeseg.io.atomic import atomic_write
+    from activeseg.io.seg_nrrd import write_segmentation_file
 
     a, b = [c.case_id for c in store.cases(split="train")][:2]
     written = {}
@@ -204,9 +204,9 @@ _CHILD = textwrap.dedent(
     import os, signal, sys
     import numpy as np
     from pathlib import Path
-    from activeseg.datastore import Datastore
-    from activeseg import datastore as module
-    from activeseg.imageio import read_volume
+    from activeseg.store.datastore import Datastore
+    from activeseg.store import datastore as module
+    from activeseg.io.volumes import read_volume
     store = Datastore(Path(sys.argv[1]))
     case_id, mode = sys.argv[2], sys.argv[3]
     label = read_volume(Path(sys.argv[4]), dtype=np.uint8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from activeseg.config import DsalConfig
-from activeseg.dsal import CaseScore, confidence, dice_agreement, mdsc, route_cases, weak_quota
+from activeseg.method.dsal import CaseScore, confidence, dice_agreement, mdsc, route_cases, weak_quota
 
 
 def blob(shape: tuple[int, int, int], start: int, stop: int, value: int = 1) -> np.ndarray:

@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from activeseg.errors import ImageReadError, NotThreeDimensionalError
-from activeseg.imageio import Geometry, read_volume, volume_from_bytes, write_volume
-from activeseg.phantoms import make_phantom
-from activeseg.pseudolabels import read_segmentation_labelmap, segmentation_bytes, write_segmentation_file
+from activeseg.io.volumes import Geometry, read_volume, volume_from_bytes, write_volume
+from activeseg.experiments.phantoms import make_phantom
+from activeseg.io.seg_nrrd import read_segmentation_labelmap, segmentation_bytes, write_segmentation_file
 
 LABELS = {1: "lung", 2: "lesion"}
 
@@ -99,7 +99,7 @@ def test_phantoms_are_deterministic_and_ct_like() -> None:
 
 
 def test_phantoms_vary_in_lesion_count() -> None:
-    from activeseg.phantoms import draw_parameters
+    from activeseg.experiments.phantoms import draw_parameters
 
     counts = {len(draw_parameters(np.random.default_rng(seed)).lesions) for seed in range(40)}
     assert counts == {0, 1, 2, 3, 4}

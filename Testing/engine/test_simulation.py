@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activeseg.cli import main
-from activeseg.simulation import evaluate_test_split, load_results, plan_splits, simulate, strategy_label
-from activeseg.simulation_cli import summarise_curves
-from activeseg.strategies import STRATEGIES, get_strategy, predictive_entropy
+from activeseg.cli.main import main
+from activeseg.experiments.simulation import evaluate_test_split, load_results, plan_splits, simulate, strategy_label
+from activeseg.cli.simulate import summarise_curves
+from activeseg.experiments.strategies import STRATEGIES, get_strategy, predictive_entropy
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 HIPPOCAMPUS = SHARED_DATA / "hippocampus_mri"
@@ -208,8 +208,8 @@ def test_evaluate_test_split_is_exact_on_a_perfect_prediction(phantom_source: Pa
     import torch
 
     from activeseg.config import Config
-    from activeseg.imageio import read_volume
-    from activeseg.networks import DeepSupervisionOutput
+    from activeseg.io.volumes import read_volume
+    from activeseg.model.network import DeepSupervisionOutput
 
     dataset = json.loads((phantom_source / "dataset.json").read_text())
     entry = dataset["training"][0]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.datastore import Datastore
+from activeseg.store.datastore import Datastore
 from activeseg.errors import CaseStateError, ModelVersionError, TrainingCancelled
-from activeseg.imageio import read_volume
-from activeseg.networks import build_network
-from activeseg.ranking import rank_round
-from activeseg.training import load_training_data, train_round, validation_dice
+from activeseg.io.volumes import read_volume
+from activeseg.model.network import build_network
+from activeseg.pipeline.ranking_round import rank_round
+from activeseg.pipeline.training_round import load_training_data, train_round, validation_dice
 
 from .conftest import image_pairs, tiny_config
 
@@ -98,7 +98,7 @@ def test_cancelling_writes_no_version(labelled_store: Datastore) -> None:
 
 
 def test_ranking_keeps_a_prediction_for_each_queued_case(labelled_store: Datastore) -> None:
-    from activeseg.pseudolabels import read_segmentation_labelmap
+    from activeseg.io.seg_nrrd import read_segmentation_labelmap
 
     store = labelled_store
     train_round(store)

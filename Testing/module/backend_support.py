@@ -39,7 +39,7 @@ def make_store(root: Path, count: int = 8) -> tuple[Path, Path]:
     Returns:
         (datastore folder, phantom folder with ``labelsTr/`` holding the ground truth).
     """
-    from activeseg.phantoms import write_phantom_dataset
+    from activeseg.experiments.phantoms import write_phantom_dataset
 
     dataset = write_phantom_dataset(root / "phantoms", count=count, shape=SHAPE)
     store = root / "store"

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 
 from activeseg.config import Config
-from activeseg.datastore import Datastore
-from activeseg.phantoms import write_phantom_dataset
-from activeseg.server import URL_LINE_PREFIX
+from activeseg.store.datastore import Datastore
+from activeseg.experiments.phantoms import write_phantom_dataset
+from activeseg.api.server import URL_LINE_PREFIX
 
 __all__ = ["tiny_config", "make_store", "ServerProcess", "store_fingerprint", "label_path", "wait_for_job"]
 

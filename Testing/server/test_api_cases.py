@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activeseg.datastore import Datastore
-from activeseg.imageio import read_volume, volume_from_bytes
-from activeseg.pseudolabels import read_segmentation_labelmap, write_segmentation_file
+from activeseg.store.datastore import Datastore
+from activeseg.io.volumes import read_volume, volume_from_bytes
+from activeseg.io.seg_nrrd import read_segmentation_labelmap, write_segmentation_file
 
 from .conftest import LiveServer
 from .support import label_path
@@ -64,7 +64,7 @@ def test_submit_then_download_label_as_seg_nrrd(live: LiveServer, tmp_path) -> N
 
 def test_no_finding_label(live: LiveServer) -> None:
     truth = read_volume(label_path(live.source, "phantom_004"), dtype=np.uint8)
-    from activeseg.imageio import write_volume
+    from activeseg.io.volumes import write_volume
 
     empty = live.store.parent / "empty.nii.gz"
     write_volume(np.zeros_like(truth.array), truth.geometry, empty)

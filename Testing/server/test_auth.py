@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from activeseg.errors import ConfigError
-from activeseg.server import check_bind_address
+from activeseg.api.server import check_bind_address
 
 from .support import ServerProcess, make_store
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from activeseg.datastore import Datastore
-from activeseg.imageio import Geometry, read_volume, write_volume
+from activeseg.store.datastore import Datastore
+from activeseg.io.volumes import Geometry, read_volume, write_volume
 
 from .conftest import LiveServer
 from .support import ServerProcess, label_path, make_store, store_fingerprint

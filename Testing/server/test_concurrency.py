@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from activeseg.datastore import Datastore
-from activeseg.imageio import read_volume
+from activeseg.store.datastore import Datastore
+from activeseg.io.volumes import read_volume
 
 from .support import ServerProcess, label_path, make_store
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from activeseg.datastore import Datastore
-from activeseg.imageio import read_volume, write_volume
+from activeseg.store.datastore import Datastore
+from activeseg.io.volumes import read_volume, write_volume
 
 from .support import ServerProcess, label_path, make_store, tiny_config, wait_for_job
 
@@ -94,7 +94,7 @@ def _worker_pids(job_id: str) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"activeseg.jobs_worker" in cmdline and job_id.encode() in cmdline:
+            if b"activeseg.jobs.worker" in cmdline and job_id.encode() in cmdline:
                 pids.append(int(entry.name))
     return pids
 

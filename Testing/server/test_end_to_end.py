@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activeseg.imageio import volume_from_bytes
-from activeseg.phantoms import write_phantom_dataset
+from activeseg.io.volumes import volume_from_bytes
+from activeseg.experiments.phantoms import write_phantom_dataset
 
 from .support import SHAPE, ServerProcess, label_path, wait_for_job
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from activeseg.api import schemas
-from activeseg.server import create_app
+from activeseg.api.server import create_app
 
 from .make_fixtures import FIXTURES
 from .support import make_store

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from activeseg import jobs_worker
-from activeseg.datastore import Datastore
-from activeseg.jobs import JobConflictError, JobTable, read_log_tail
+from activeseg.jobs import worker as jobs_worker
+from activeseg.store.datastore import Datastore
+from activeseg.jobs.runner import JobConflictError, JobTable, read_log_tail
 
 from .support import make_store
 
@@ -21,12 +21,12 @@ def store(tmp_path: Path) -> Datastore:
 
 
 def test_cuda_out_of_memory_fails_the_job_clearly(store: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import activeseg.training
+    import activeseg.pipeline.training_round
 
     def out_of_memory(*_: Any, **__: Any) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(activeseg.training, "train_round", out_of_memory)
+    monkeypatch.setattr(activeseg.pipeline.training_round, "train_round", out_of_memory)
     table = JobTable(store.meta_dir)
     job = table.create("train", {})
     assert jobs_worker.execute(store.root, job.job_id) == "failed"

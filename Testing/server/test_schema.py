@@ -19,7 +19,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from activeseg.datastore import Datastore
+from activeseg.store.datastore import Datastore
 
 from .support import ServerProcess, label_path, make_store
 
@@ -32,7 +32,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     store_root, source = make_store(tmp_path_factory.mktemp("schema"), count=5)
     store = Datastore(store_root)
     store.set_queue(["phantom_001", "phantom_002"])
-    from activeseg.imageio import read_volume
+    from activeseg.io.volumes import read_volume
 
     store.submit_label("phantom_000", read_volume(label_path(source, "phantom_000")), annotator="seed")
     with ServerProcess(store_root) as server:

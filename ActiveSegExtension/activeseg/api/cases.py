@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, Response
 
-from ..datastore import STATES
-from ..errors import CaseStateError
-from ..pseudolabels import segmentation_bytes
+from activeseg.store.datastore import STATES
+from activeseg.errors import CaseStateError
+from activeseg.io.seg_nrrd import segmentation_bytes
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
 from .schemas import CaseListOut, CaseOut, case_out

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from ..datastore import Datastore
-from ..jobs import JobRunner, JobTable
+from activeseg.store.datastore import Datastore
+from activeseg.jobs.runner import JobRunner, JobTable
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "ServerContext", "get_context"]
 

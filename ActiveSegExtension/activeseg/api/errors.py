@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ActiveSegError
+from activeseg.errors import ActiveSegError
 from .schemas import ErrorOut
 
 __all__ = ["ERROR_RESPONSES", "error_response", "install_error_handlers"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from .. import __version__
+from activeseg import __version__
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
 from .schemas import HealthOut, InfoOut

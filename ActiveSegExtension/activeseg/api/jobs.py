@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from ..jobs import read_log_tail
+from activeseg.jobs.runner import read_log_tail
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
 from .schemas import JobListOut, JobOut, RankParams, TrainParams, job_out

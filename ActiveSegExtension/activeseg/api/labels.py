@@ -10,10 +10,10 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..datastore import CaseRecord, Datastore
-from ..errors import ActiveSegError, ImageReadError
-from ..imageio import read_volume
-from ..pseudolabels import read_segmentation_labelmap
+from activeseg.store.datastore import CaseRecord, Datastore
+from activeseg.errors import ActiveSegError, ImageReadError
+from activeseg.io.volumes import read_volume
+from activeseg.io.seg_nrrd import read_segmentation_labelmap
 from .cases import ANNOTATOR
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES

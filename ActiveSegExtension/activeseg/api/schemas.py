@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..datastore import CaseRecord, ModelRecord, ScoreRecord
-from ..jobs import JobRecord
+from activeseg.store.datastore import CaseRecord, ModelRecord, ScoreRecord
+from activeseg.jobs.runner import JobRecord
 
 __all__ = [
     "ErrorDetail",

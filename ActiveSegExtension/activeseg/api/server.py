@@ -22,14 +22,14 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from . import __version__
-from .api import build_router
-from .api.auth import BearerTokenMiddleware
-from .api.context import DEFAULT_MAX_UPLOAD_BYTES, ServerContext
-from .api.errors import install_error_handlers
-from .datastore import Datastore
-from .errors import ActiveSegError, ConfigError
-from .jobs import JobRunner, JobTable
+from activeseg import __version__
+from activeseg.api import build_router
+from activeseg.api.auth import BearerTokenMiddleware
+from activeseg.api.context import DEFAULT_MAX_UPLOAD_BYTES, ServerContext
+from activeseg.api.errors import install_error_handlers
+from activeseg.store.datastore import Datastore
+from activeseg.errors import ActiveSegError, ConfigError
+from activeseg.jobs.runner import JobRunner, JobTable
 
 __all__ = ["URL_LINE_PREFIX", "RECOVER_MIN_AGE_S", "create_app", "check_bind_address", "serve"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .console import format_table
+from activeseg.cli.console import format_table
 
 __all__ = ["add_simulation_commands", "simulate_command", "plot_command", "summarise_curves"]
 
@@ -31,7 +31,7 @@ _ORDER = ["dsal+alnt", "dsal", "dsal-nopseudo", "fg-random", "random", "mc-dropo
 
 def simulate_command(args: argparse.Namespace) -> int:
     """Run one experiment and write its results JSON."""
-    from .simulation import simulate
+    from activeseg.experiments.simulation import simulate
 
     results = simulate(
         args.dataset, args.strategy, seed=args.seed, rounds=args.rounds, per_round=args.per_round, initial=args.initial,
@@ -61,7 +61,7 @@ def summarise_curves(runs: list[dict[str, Any]], metric: str = "mean") -> dict[s
     """Mean and sd over seeds of test Dice per labelled count, one curve per results label.
 
     Args:
-        runs: results dicts of :func:`activeseg.simulation.simulate`.
+        runs: results dicts of :func:`activeseg.experiments.simulation.simulate`.
         metric: ``"mean"`` or a class name.
 
     Returns:
@@ -83,8 +83,8 @@ def summarise_curves(runs: list[dict[str, Any]], metric: str = "mean") -> dict[s
 
 def plot_command(args: argparse.Namespace) -> int:
     """Plot test Dice against labelled volumes (mean +/- sd over seeds) and print the table."""
-    from .plotting import plot_learning_curve
-    from .simulation import load_results
+    from activeseg.experiments.plotting import plot_learning_curve
+    from activeseg.experiments.simulation import load_results
 
     runs = [load_results(path) for path in args.results]
     curves = summarise_curves(runs, args.metric)
@@ -111,7 +111,7 @@ def plot_command(args: argparse.Namespace) -> int:
 
 def add_simulation_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register the simulation subcommands on the ``activeseg`` parser."""
-    from .strategies import STRATEGIES
+    from activeseg.experiments.strategies import STRATEGIES
 
     sub = commands.add_parser("simulate", help="label-efficiency experiment with the ground truth as the radiologist")
     sub.add_argument("--dataset", type=Path, required=True, help="MSD-style folder with dataset.json (imagesTr/labelsTr)")

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatastoreError
-from .imageio import strip_image_suffix
+from activeseg.errors import DatastoreError
+from activeseg.io.volumes import strip_image_suffix
 
 __all__ = ["ImportSource", "find_source"]
 

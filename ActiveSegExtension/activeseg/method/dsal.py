@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import DsalConfig
+from activeseg.config import DsalConfig
 
 __all__ = ["CaseScore", "dice_agreement", "mdsc", "confidence", "weak_quota", "route_cases"]
 

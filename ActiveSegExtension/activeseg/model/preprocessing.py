@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import IntensityConfig
+from activeseg.config import IntensityConfig
 
 __all__ = ["normalise_intensity", "pad_to_shape", "sample_crop"]
 

@@ -19,16 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import TEMP_MARKER
-from .config import Config
-from .datastore import TRAINED_STATES, Datastore, ModelRecord
-from .errors import CaseStateError, TrainingCancelled
-from .inference import load_checkpoint, predict_heads, save_checkpoint, select_device
-from .alnt import alnt_backward, pseudo_share
-from .losses import balanced_class_weights, per_sample_deep_supervision_loss
-from .networks import DeepSupervisedUNet3D, build_network
-from .preprocessing import normalise_intensity, sample_crop
-from .pseudolabels import read_segmentation_labelmap
+from activeseg.io.atomic import TEMP_MARKER
+from activeseg.config import Config
+from activeseg.store.datastore import TRAINED_STATES, Datastore, ModelRecord
+from activeseg.errors import CaseStateError, TrainingCancelled
+from activeseg.model.predictor import load_checkpoint, predict_heads, save_checkpoint, select_device
+from activeseg.method.alnt import alnt_backward, pseudo_share
+from activeseg.model.loss import balanced_class_weights, per_sample_deep_supervision_loss
+from activeseg.model.network import DeepSupervisedUNet3D, build_network
+from activeseg.model.preprocessing import normalise_intensity, sample_crop
+from activeseg.io.seg_nrrd import read_segmentation_labelmap
 
 __all__ = ["Sample", "TrainingData", "ProgressCallback", "load_training_data", "validation_dice", "train_model", "train_round"]
 
@@ -130,7 +130,7 @@ def train_model(
 
     Each step draws ``batch_size`` expert crops. When pseudo-labelled samples exist, it also draws
     ``alnt.pseudo_batch_size`` pseudo crops: with ALNT on, their per-sample losses are weighted by ALNT
-    (:func:`activeseg.alnt.alnt_backward`, objective per ``alnt.objective``); with ALNT off they join the
+    (:func:`activeseg.method.alnt.alnt_backward`, objective per ``alnt.objective``); with ALNT off they join the
     batch at the experts' weight. With ``network.dropout`` > 0 the ALNT step cannot reuse the expert
     backward (dropout masks differ between passes) and costs about one expert pass more.
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import GeometryMismatchError, ImageReadError, NotThreeDimensionalError
-from .nifti_integrity import check_nifti_complete
+from activeseg.errors import GeometryMismatchError, ImageReadError, NotThreeDimensionalError
+from activeseg.io.nifti_integrity import check_nifti_complete
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import TEMP_MARKER, atomic_write
-from .caseids import validate_case_id
-from .config import Config
-from .errors import (
+from activeseg.io.atomic import TEMP_MARKER, atomic_write
+from activeseg.store.case_ids import validate_case_id
+from activeseg.config import Config
+from activeseg.errors import (
     ActiveSegError,
     CaseStateError,
     DatastoreError,
@@ -50,8 +50,8 @@ from .errors import (
     ModelVersionError,
     UnknownCaseError,
 )
-from .imageio import Geometry, Volume, check_same_geometry, read_geometry, read_volume, strip_image_suffix, write_volume
-from .sqlite_tx import transaction
+from activeseg.io.volumes import Geometry, Volume, check_same_geometry, read_geometry, read_volume, strip_image_suffix, write_volume
+from activeseg.store.sqlite_tx import transaction
 
 __all__ = ["STATES", "TRAINED_STATES", "CaseRecord", "ScoreRecord", "ModelRecord", "Datastore"]
 
@@ -272,7 +272,7 @@ class Datastore:
 
     # ----------------------------------------------------------------- plumbing
     def _connect(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        """One transaction on the datastore's database (see :func:`activeseg.sqlite_tx.transaction`)."""
+        """One transaction on the datastore's database (see :func:`activeseg.store.sqlite_tx.transaction`)."""
         return transaction(self.db_path, write)
 
     def _row(self, connection: sqlite3.Connection, case_id: str) -> sqlite3.Row:
@@ -458,7 +458,7 @@ class Datastore:
         record = self.case(case_id)
         if record.state != "pseudo" or record.pseudo_path is None:
             raise CaseStateError(f"case {case_id!r} has no pseudo-label to accept (state {record.state!r})")
-        from .pseudolabels import read_segmentation_labelmap
+        from activeseg.io.seg_nrrd import read_segmentation_labelmap
 
         label = read_segmentation_labelmap(record.pseudo_path, self.config.labels)
         array = self.validate_label(case_id, label, no_finding=True)

@@ -13,17 +13,17 @@ which the simulation keeps out of the datastore altogether.
 Registered names (ALGORITHMS.md, "Baselines every comparison includes"):
 
 * ``dsal``: DSAL's M-DSC strong queue plus its weak pseudo-labels, by calling
-  :func:`activeseg.ranking.rank_round` (the engine's own ranking, not a copy). Its pseudo-label set is
+  :func:`activeseg.pipeline.ranking_round.rank_round` (the engine's own ranking, not a copy). Its pseudo-label set is
   rebuilt in the datastore every round and trains the next round (ALNT-weighted when ``alnt.enabled``).
 * ``random``: uniform among unlabelled cases. No model pass.
 * ``fg-random``: foreground-aware random (nnActive, TMLR 2025): uniform among unlabelled cases in which
   the active model's main head predicts any foreground voxel. Deviation: when fewer than K such cases
   remain, the rest are drawn uniformly from the others (so every strategy labels the same budget).
 * ``mc-dropout``: MONAI Label's "epistemic" strategy: T stochastic passes with decoder dropout active
-  (:func:`activeseg.inference.enable_mc_dropout`), mean softmax of the main head, per-voxel entropy
+  (:func:`activeseg.model.predictor.enable_mc_dropout`), mean softmax of the main head, per-voxel entropy
   (natural log), averaged over the volume; the K highest-entropy cases. Deviations: MONAI Label ranks
   by the *variance*-based score of its own implementation on whole images; here the score is the mean
-  predictive entropy, the form the brief specifies. Each pass runs :func:`activeseg.inference.predict_heads`,
+  predictive entropy, the form the brief specifies. Each pass runs :func:`activeseg.model.predictor.predict_heads`,
   which also computes the two auxiliary heads' softmax: a small overhead MC-dropout would not need
   (``bench_ranking_cost.py`` measures it both ways).
 * ``full``: no querying; the simulation labels the whole pool before the first round (the ceiling).
@@ -40,11 +40,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .datastore import Datastore
-from .errors import ModelVersionError
-from .inference import enable_mc_dropout, load_checkpoint, predict_heads, select_device
-from .preprocessing import normalise_intensity
-from .ranking import rank_round
+from activeseg.store.datastore import Datastore
+from activeseg.errors import ModelVersionError
+from activeseg.model.predictor import enable_mc_dropout, load_checkpoint, predict_heads, select_device
+from activeseg.model.preprocessing import normalise_intensity
+from activeseg.pipeline.ranking_round import rank_round
 
 __all__ = [
     "Selection",
@@ -136,7 +136,7 @@ def _active_model(store: Datastore) -> tuple[torch.nn.Module, torch.device]:
 
 
 class DsalStrategy:
-    """DSAL: the engine's :func:`activeseg.ranking.rank_round` (M-DSC strong queue, weak pseudo-labels).
+    """DSAL: the engine's :func:`activeseg.pipeline.ranking_round.rank_round` (M-DSC strong queue, weak pseudo-labels).
 
     ``dsal.strong_per_round`` is set to ``k`` for the call, in memory only. Pseudo-labels follow the
     datastore's ``dsal.weak_*`` settings and are rebuilt each round; ``write_pseudo=False`` ranks only.

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import ImageReadError
+from activeseg.errors import ImageReadError
 
 __all__ = ["check_nifti_complete"]
 

@@ -35,7 +35,7 @@ How it is computed (all exact up to floating point, verified against per-sample 
 Deviations from the paper / the original code, on purpose:
 
 * ``l_i`` is DSAL's deep-supervision loss (0.6 main + 0.3 quarter + 0.1 half head, each voxel-mean CE + soft
-  Dice), :func:`activeseg.losses.per_sample_deep_supervision_loss`, i.e. the exact loss training minimises,
+  Dice), :func:`activeseg.model.loss.per_sample_deep_supervision_loss`, i.e. the exact loss training minimises,
   rather than the single-output CE + Dice of the paper's plain U-Net. RGS therefore measures agreement
   with the expert gradient of the loss actually optimised. RGM still uses only the main head's weight
   (``model.head``); the auxiliary heads feed ``l_i`` but their weights are not ``W_last``.
@@ -73,10 +73,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .config import AlntConfig
-from .errors import ConfigError
-from .losses import DEEP_SUPERVISION_WEIGHTS, per_sample_deep_supervision_loss, per_sample_dice_ce
-from .networks import DeepSupervisedUNet3D, DeepSupervisionOutput
+from activeseg.config import AlntConfig
+from activeseg.errors import ConfigError
+from activeseg.model.loss import DEEP_SUPERVISION_WEIGHTS, per_sample_deep_supervision_loss, per_sample_dice_ce
+from activeseg.model.network import DeepSupervisedUNet3D, DeepSupervisionOutput
 
 __all__ = [
     "AlntResult",
@@ -414,7 +414,7 @@ def compute_alnt_weights(
     is off while computing. With ``settings.enabled = False`` the weights are uniform ``1/B``.
 
     Args:
-        model: the network (:class:`activeseg.networks.DeepSupervisedUNet3D`; instance norm, so the batched
+        model: the network (:class:`activeseg.model.network.DeepSupervisedUNet3D`; instance norm, so the batched
             per-sample losses and gradients are exactly the single-sample ones).
         expert_images: (B_v, 1, D, H, W) float, the expert "meta" batch.
         expert_labels: (B_v, 1, D, H, W) integer.

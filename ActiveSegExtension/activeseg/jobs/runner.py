@@ -1,6 +1,6 @@
 """Background jobs (train, rank, pseudo-label): a ``jobs`` table in the datastore's SQLite file and a runner.
 
-Each job runs in its own child process (``python -m activeseg.jobs_worker STORE JOBID``), started in a new
+Each job runs in its own child process (``python -m activeseg.jobs.worker STORE JOBID``), started in a new
 session so that cancelling it can signal the whole process tree (data-loader workers included) and so free
 the GPU. The child writes its progress into the ``jobs`` row (throttled) and its log into
 ``.activeseg/jobs/<job_id>.log``; the server only reads them, so the API stays responsive while torch works.
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ActiveSegError
-from .sqlite_tx import transaction
+from activeseg.errors import ActiveSegError
+from activeseg.store.sqlite_tx import transaction
 
 __all__ = [
     "JOB_KINDS",
@@ -129,7 +129,7 @@ class JobTable:
                 connection.execute(statement)
 
     def _connect(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        """One transaction on the datastore's database (see :func:`activeseg.sqlite_tx.transaction`)."""
+        """One transaction on the datastore's database (see :func:`activeseg.store.sqlite_tx.transaction`)."""
         return transaction(self.db_path, write)
 
     @staticmethod
@@ -265,7 +265,7 @@ def _is_our_worker(pid: int, job_id: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"activeseg.jobs_worker" in cmdline and job_id.encode() in cmdline
+    return b"activeseg.jobs.worker" in cmdline and job_id.encode() in cmdline
 
 
 def _kill_group(pid: int, sig: int) -> None:
@@ -314,7 +314,7 @@ class JobRunner:
         try:
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "activeseg.jobs_worker", str(self.store_root), job.job_id],
+                    [sys.executable, "-m", "activeseg.jobs.worker", str(self.store_root), job.job_id],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

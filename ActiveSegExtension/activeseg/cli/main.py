@@ -13,11 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import apply_overrides
-from .console import ProgressBar, format_table
-from .datastore import Datastore
-from .errors import ActiveSegError
+from activeseg import __version__
+from activeseg.config import apply_overrides
+from activeseg.cli.console import ProgressBar, format_table
+from activeseg.store.datastore import Datastore
+from activeseg.errors import ActiveSegError
 
 __all__ = ["main", "build_parser"]
 
@@ -26,7 +26,7 @@ logger = logging.getLogger("activeseg")
 
 def init_command(args: argparse.Namespace) -> int:
     """Create a datastore from a folder of volumes or a dataset.json."""
-    from .initialise import init_datastore
+    from activeseg.store.initialise import init_datastore
 
     store, problems = init_datastore(args.store, args.source, args.with_labels, args.set, args.seed)
     for problem in problems:
@@ -52,7 +52,7 @@ def config_command(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace) -> int:
     """One training round from the active model."""
-    from .training import train_round
+    from activeseg.pipeline.training_round import train_round
 
     store = Datastore(args.data)
     bar = ProgressBar("training", enabled=not args.quiet)
@@ -77,7 +77,7 @@ def _dice_text(dice: dict[str, float]) -> str:
 
 def rank_command(args: argparse.Namespace) -> int:
     """Score the pool with the active model, queue the most uncertain, write pseudo-labels."""
-    from .ranking import rank_round
+    from activeseg.pipeline.ranking_round import rank_round
 
     store = Datastore(args.data)
     bar = ProgressBar("ranking", enabled=not args.quiet)
@@ -125,7 +125,7 @@ def activate_command(args: argparse.Namespace) -> int:
 
 def phantoms_command(args: argparse.Namespace) -> int:
     """Write synthetic CT phantoms as an MSD-style folder."""
-    from .phantoms import write_phantom_dataset
+    from activeseg.experiments.phantoms import write_phantom_dataset
 
     shape = tuple(int(v) for v in args.shape.split(","))
     path = write_phantom_dataset(args.out, args.count, seed=args.seed, shape=shape, file_format=args.format)  # type: ignore[arg-type]
@@ -135,7 +135,7 @@ def phantoms_command(args: argparse.Namespace) -> int:
 
 def demo_command(args: argparse.Namespace) -> int:
     """Run the whole loop on generated phantoms."""
-    from .demo import run_demo
+    from activeseg.experiments.demo import run_demo
 
     run_demo(args.out, cases=args.cases, rounds=args.rounds, seed=args.seed, progress=not args.quiet)
     return 0
@@ -143,7 +143,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     """Run the HTTP backend."""
-    from .server import serve
+    from activeseg.api.server import serve
 
     serve(args.data, host=args.host, port=args.port, token=args.token, max_upload_bytes=args.max_upload_bytes)
     return 0
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-upload-bytes", type=int, default=None,
                      help="largest accepted upload (default $ACTIVESEG_MAX_UPLOAD_BYTES or 1 GiB; 413 above it)")
     sub.set_defaults(func=serve_command)
-    from .simulation_cli import add_simulation_commands
+    from activeseg.cli.simulate import add_simulation_commands
 
     add_simulation_commands(commands)
     return parser

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidCaseIdError
+from activeseg.errors import InvalidCaseIdError
 
 __all__ = ["CASE_ID_PATTERN", "validate_case_id"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import slicerio
 
-from .errors import ImageReadError, LabelValueError, NotThreeDimensionalError
-from .imageio import Geometry, Volume
+from activeseg.errors import ImageReadError, LabelValueError, NotThreeDimensionalError
+from activeseg.io.volumes import Geometry, Volume
 
 __all__ = ["SEGMENT_COLOURS", "ijk_to_lps_matrix", "geometry_from_ijk_to_lps", "write_segmentation_file",
            "read_segmentation_labelmap", "segmentation_bytes"]

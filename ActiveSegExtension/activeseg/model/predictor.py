@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from .config import Config
-from .networks import DeepSupervisedUNet3D, build_network
+from activeseg.config import Config
+from activeseg.model.network import DeepSupervisedUNet3D, build_network
 
 __all__ = ["HeadProbabilities", "select_device", "save_checkpoint", "load_checkpoint", "predict_heads", "enable_mc_dropout"]
 

@@ -11,7 +11,7 @@ import torch
 from monai.losses import DiceLoss
 from torch.nn import functional
 
-from .networks import DeepSupervisionOutput
+from activeseg.model.network import DeepSupervisionOutput
 
 __all__ = ["DEEP_SUPERVISION_WEIGHTS", "per_sample_dice_ce", "per_sample_deep_supervision_loss", "balanced_class_weights"]
 

@@ -5,7 +5,7 @@ One call of :func:`simulate` runs one strategy with one seed on an MSD-style dat
     test split    drawn first (seeded), never enters the datastore: never trained on, never selected,
                   never pseudo-labelled; evaluated after every round by sliding-window inference.
     datastore     the remaining cases (optionally a seeded subset, ``pool_size``), created with
-                  :func:`activeseg.initialise.init_datastore` (so intensity mode and labels come from the
+                  :func:`activeseg.store.initialise.init_datastore` (so intensity mode and labels come from the
                   dataset, e.g. z-score for MRI); its fixed validation split (``val_fraction`` of the
                   whole dataset) is drawn by the datastore from the same seed and labelled by the oracle
                   at the start; it selects the epoch of each round and is never queried.
@@ -54,16 +54,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config
-from .datastore import Datastore
-from .errors import ConfigError
-from .imageio import read_volume
-from .inference import load_checkpoint, predict_heads, select_device
-from .initialise import init_datastore
-from .preprocessing import normalise_intensity
-from .sources import find_source
-from .strategies import STRATEGIES, get_strategy
-from .training import train_round
+from activeseg.config import Config
+from activeseg.store.datastore import Datastore
+from activeseg.errors import ConfigError
+from activeseg.io.volumes import read_volume
+from activeseg.model.predictor import load_checkpoint, predict_heads, select_device
+from activeseg.store.initialise import init_datastore
+from activeseg.model.preprocessing import normalise_intensity
+from activeseg.store.sources import find_source
+from activeseg.experiments.strategies import STRATEGIES, get_strategy
+from activeseg.pipeline.training_round import train_round
 
 __all__ = ["SplitPlan", "plan_splits", "strategy_label", "evaluate_test_split", "simulate", "load_results"]
 
@@ -130,7 +130,7 @@ def evaluate_test_split(
     Returns:
         ``{"per_class": {name: mean Dice}, "mean": mean over classes, "per_case": {id: {name: Dice}}}``.
         A class absent from both truth and prediction of a case is not counted for that case (as
-        :func:`activeseg.training.validation_dice`); a class never counted scores 1.
+        :func:`activeseg.pipeline.training_round.validation_dice`); a class never counted scores 1.
     """
     model.eval()
     per_class: dict[str, list[float]] = {name: [] for name in config.labels.values()}
@@ -219,7 +219,7 @@ def simulate(
 
     Args:
         dataset_dir: an MSD-style folder (``dataset.json`` with ``training`` image/label pairs).
-        strategy: a name of :data:`activeseg.strategies.STRATEGIES`.
+        strategy: a name of :data:`activeseg.experiments.strategies.STRATEGIES`.
         seed: seeds the test split, the validation split, the initial set, random strategies, the
             network initialisation and training crops (``training.seed``), and dropout masks.
         rounds: R, query rounds after the initial training round (R + 1 models in all).

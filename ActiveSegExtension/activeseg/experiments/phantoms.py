@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import Geometry, Volume, write_volume
+from activeseg.io.volumes import Geometry, Volume, write_volume
 
 __all__ = ["PHANTOM_LABELS", "PhantomParameters", "draw_parameters", "render_phantom", "make_phantom", "write_phantom_dataset"]
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write
-from .datastore import Datastore, ScoreRecord
-from .dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
-from .errors import ModelVersionError, TrainingCancelled
-from .imageio import Geometry
-from .inference import HeadProbabilities, load_checkpoint, predict_heads, select_device
-from .preprocessing import normalise_intensity
-from .pseudolabels import write_segmentation_file
+from activeseg.io.atomic import atomic_write
+from activeseg.store.datastore import Datastore, ScoreRecord
+from activeseg.method.dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
+from activeseg.errors import ModelVersionError, TrainingCancelled
+from activeseg.io.volumes import Geometry
+from activeseg.model.predictor import HeadProbabilities, load_checkpoint, predict_heads, select_device
+from activeseg.model.preprocessing import normalise_intensity
+from activeseg.io.seg_nrrd import write_segmentation_file
 
 __all__ = ["RankResult", "score_case", "rank_round", "pseudo_label_round"]
 

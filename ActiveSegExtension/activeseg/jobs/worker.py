@@ -1,4 +1,4 @@
-"""The child process of one job: ``python -m activeseg.jobs_worker STORE JOBID``.
+"""The child process of one job: ``python -m activeseg.jobs.worker STORE JOBID``.
 
 It runs the job's kind (train, rank, pseudo-label) against the datastore, writes throttled progress into the
 job's row and logs into its stdout (the server points that at ``.activeseg/jobs/<job_id>.log``), then records
@@ -19,13 +19,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .datastore import Datastore
-from .errors import ActiveSegError, TrainingCancelled
-from .jobs import JobTable
+from activeseg.store.datastore import Datastore
+from activeseg.errors import ActiveSegError, TrainingCancelled
+from activeseg.jobs.runner import JobTable
 
 __all__ = ["ProgressReporter", "execute", "main"]
 
-logger = logging.getLogger("activeseg.jobs_worker")
+logger = logging.getLogger("activeseg.jobs.worker")
 
 _MIN_WRITE_INTERVAL_S = 0.5  # at most 2 database writes per second
 
@@ -113,21 +113,21 @@ def _rank_summary(result: Any) -> dict[str, Any]:
 def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: ProgressReporter) -> dict[str, Any]:
     """Run one job kind; return its JSON result. Engine modules are imported here (torch loads in the child only)."""
     if kind == "train":
-        from .training import train_round
+        from activeseg.pipeline.training_round import train_round
 
         record = train_round(store, progress)
         result: dict[str, Any] = {"model_version": record.version, "metrics": _jsonable(record.metrics)}
         if params.get("then_rank"):
-            from .ranking import rank_round
+            from activeseg.pipeline.ranking_round import rank_round
 
             result["rank"] = _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True))))
         return result
     if kind == "rank":
-        from .ranking import rank_round
+        from activeseg.pipeline.ranking_round import rank_round
 
         return _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True))))
     if kind == "pseudo-label":
-        from .ranking import pseudo_label_round
+        from activeseg.pipeline.ranking_round import pseudo_label_round
 
         written = pseudo_label_round(store, progress)
         return {"pseudo_labelled": sorted(written)}
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the child process."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        sys.stderr.write("usage: python -m activeseg.jobs_worker STORE JOBID\n")
+        sys.stderr.write("usage: python -m activeseg.jobs.worker STORE JOBID\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     try:

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
-from .console import ProgressBar, format_table
-from .datastore import Datastore
-from .errors import DatastoreError
-from .imageio import read_volume
-from .initialise import init_datastore
-from .phantoms import write_phantom_dataset
-from .plotting import plot_learning_curve
-from .ranking import rank_round
-from .training import train_round
+from activeseg.config import Config
+from activeseg.cli.console import ProgressBar, format_table
+from activeseg.store.datastore import Datastore
+from activeseg.errors import DatastoreError
+from activeseg.io.volumes import read_volume
+from activeseg.store.initialise import init_datastore
+from activeseg.experiments.phantoms import write_phantom_dataset
+from activeseg.experiments.plotting import plot_learning_curve
+from activeseg.pipeline.ranking_round import rank_round
+from activeseg.pipeline.training_round import train_round
 
 __all__ = ["demo_config", "run_demo"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import Config, apply_overrides
-from .datastore import Datastore
-from .sources import find_source
+from activeseg.config import Config, apply_overrides
+from activeseg.store.datastore import Datastore
+from activeseg.store.sources import find_source
 
 __all__ = ["init_datastore"]
 

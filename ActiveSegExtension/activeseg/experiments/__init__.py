@@ -1,0 +1,1 @@
+"""Label-efficiency experiments: simulation, query strategies, phantoms, the demo and plots."""

@@ -1,0 +1,1 @@
+"""Background jobs: the job table, the runner and the worker process."""

@@ -1,0 +1,1 @@
+"""The network, its loss, preprocessing and the sliding-window predictor."""

@@ -1,0 +1,1 @@
+"""What a job runs: a training round and a ranking round."""

@@ -1,0 +1,1 @@
+"""The datastore: SQLite state of cases, labels, scores and model versions, behind the Datastore facade."""
