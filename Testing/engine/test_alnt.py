@@ -320,6 +320,7 @@ def test_class_weights_lift_rare_classes_and_flow_into_alnt() -> None:
     assert float(balanced_class_weights([np.zeros((4, 4, 4), np.uint8)], 3, cap=10.0)[2]) > 0  # absent class: capped
     # the same weights reach ALNT's losses: the fused step with and without them differ
     from activeseg.method.alnt import alnt_backward
+    from activeseg.model.loss import DeepSupervisionLoss
     from activeseg.model.network import build_network
 
     torch.manual_seed(0)
@@ -328,5 +329,5 @@ def test_class_weights_lift_rare_classes_and_flow_into_alnt() -> None:
     labels = torch.randint(0, 3, (2, 1, 16, 16, 16))
     plain = alnt_backward(model, images, labels, images, labels, AlntConfig())
     model.zero_grad()
-    balanced = alnt_backward(model, images, labels, images, labels, AlntConfig(), class_weights=torch.tensor([0.5, 1.0, 20.0]))
+    balanced = alnt_backward(model, images, labels, images, labels, AlntConfig(), loss=DeepSupervisionLoss(torch.tensor([0.5, 1.0, 20.0])))
     assert float(plain.loss) != pytest.approx(float(balanced.loss))

@@ -75,8 +75,11 @@ from torch.func import functional_call, jvp
 
 from activeseg.config import AlntConfig
 from activeseg.errors import ConfigError
-from activeseg.model.loss import DEEP_SUPERVISION_WEIGHTS, per_sample_deep_supervision_loss, per_sample_dice_ce
+from activeseg.model.loss import DEEP_SUPERVISION_WEIGHTS, DeepSupervisionLoss, per_sample_dice_ce
 from activeseg.model.network import DeepSupervisedUNet3D, DeepSupervisionOutput
+
+# The default loss when a caller passes none: no class weights.
+_UNWEIGHTED = DeepSupervisionLoss()
 
 __all__ = [
     "AlntResult",
@@ -259,7 +262,7 @@ def rgm_from_logit_gradients(logit_gradients: torch.Tensor, features: torch.Tens
 
 def expert_gradient(
     model: DeepSupervisedUNet3D, expert_images: torch.Tensor, expert_labels: torch.Tensor,
-    class_weights: torch.Tensor | None = None,
+    loss: DeepSupervisionLoss | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-sample expert losses and ``g = grad_theta mean(l_v)`` over the trainable parameters.
 
@@ -275,7 +278,7 @@ def expert_gradient(
         ``model.named_parameters()`` order.
     """
     _, params = _trainable(model)
-    losses = per_sample_deep_supervision_loss(model(expert_images), expert_labels, class_weights)
+    losses = (loss or _UNWEIGHTED).per_sample(model(expert_images), expert_labels)
     grads = torch.autograd.grad(losses.mean(), params, allow_unused=True)
     return losses.detach(), [torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]
 
@@ -290,7 +293,7 @@ def directional_derivatives(
     labels: torch.Tensor,
     direction: Sequence[torch.Tensor],
     method: str = "jvp",
-    class_weights: torch.Tensor | None = None,
+    loss: DeepSupervisionLoss | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, DeepSupervisionOutput, torch.Tensor]:
     """``<grad_theta l_i, direction>`` for every sample, plus the pass's losses, logits and ``d0``.
 
@@ -318,7 +321,7 @@ def directional_derivatives(
     if not torch.isfinite(g_norm) or g_norm == 0:
         with torch.no_grad():
             outputs, d0 = functional_call(wrapper, primals, (images,))
-            losses = per_sample_deep_supervision_loss(outputs, labels, class_weights)
+            losses = (loss or _UNWEIGHTED).per_sample(outputs, labels)
         return torch.zeros_like(losses), losses, outputs, d0
     # Tangent of parameter-like magnitude: avoids denormal intermediates; the result is scaled back.
     theta_norm = _global_norm(list(primals.values()))
@@ -327,7 +330,7 @@ def directional_derivatives(
 
     def losses_of(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[DeepSupervisionOutput, torch.Tensor]]:
         outputs, d0 = functional_call(wrapper, p, (images,))
-        return per_sample_deep_supervision_loss(outputs, labels, class_weights), (outputs, d0)
+        return (loss or _UNWEIGHTED).per_sample(outputs, labels), (outputs, d0)
 
     with torch.no_grad(), _flush_denormals():
         if method == "jvp":
@@ -344,7 +347,7 @@ def directional_derivatives(
 
 
 def _logit_gradients(
-    outputs: DeepSupervisionOutput, labels: torch.Tensor, class_weights: torch.Tensor | None = None
+    outputs: DeepSupervisionOutput, labels: torch.Tensor, loss: DeepSupervisionLoss | None = None
 ) -> torch.Tensor:
     """``d (sum_i l_i) / d z_main`` by re-evaluating only the loss on detached logits (no network pass).
 
@@ -353,7 +356,7 @@ def _logit_gradients(
     """
     main = outputs.main.detach().requires_grad_(True)
     with torch.enable_grad():
-        losses = DEEP_SUPERVISION_WEIGHTS["main"] * per_sample_dice_ce(main, labels, class_weights)
+        losses = DEEP_SUPERVISION_WEIGHTS["main"] * per_sample_dice_ce(main, labels, (loss or _UNWEIGHTED).class_weights)
         (grad,) = torch.autograd.grad(losses.sum(), main)
     return grad
 
@@ -376,10 +379,10 @@ def _weights_from_pass(
     d0: torch.Tensor,
     pseudo_labels: torch.Tensor,
     settings: AlntConfig,
-    class_weights: torch.Tensor | None = None,
+    loss: DeepSupervisionLoss | None = None,
 ) -> AlntResult:
     rgs = normalise_weights(dots)
-    rgm = normalise_weights(rgm_from_logit_gradients(_logit_gradients(outputs, pseudo_labels, class_weights), d0))
+    rgm = normalise_weights(rgm_from_logit_gradients(_logit_gradients(outputs, pseudo_labels, loss), d0))
     weights = mix_and_rectify(rgs, rgm, settings).detach()
     stats = {
         "mean_weight": float(weights.mean()),
@@ -405,7 +408,7 @@ def compute_alnt_weights(
     pseudo_labels: torch.Tensor,
     settings: AlntConfig,
     method: str = "jvp",
-    class_weights: torch.Tensor | None = None,
+    loss: DeepSupervisionLoss | None = None,
 ) -> AlntResult:
     """ALNT weights for a pseudo batch given an expert batch, at the model's current parameters.
 
@@ -430,9 +433,9 @@ def compute_alnt_weights(
     if not settings.enabled:
         return _uniform(pseudo_images.shape[0], pseudo_images)
     with _dropout_off(model):
-        expert_losses, g = expert_gradient(model, expert_images, expert_labels, class_weights)
-        dots, pseudo_losses, outputs, d0 = directional_derivatives(model, pseudo_images, pseudo_labels, g, method, class_weights)
-    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, class_weights)
+        expert_losses, g = expert_gradient(model, expert_images, expert_labels, loss)
+        dots, pseudo_losses, outputs, d0 = directional_derivatives(model, pseudo_images, pseudo_labels, g, method, loss)
+    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, loss)
     result.stats["expert_loss"] = float(expert_losses.mean())
     result.stats["pseudo_loss"] = float(pseudo_losses.mean())
     return result
@@ -486,7 +489,7 @@ def alnt_backward(
     settings: AlntConfig,
     method: str = "jvp",
     pseudo_scale: float = 1.0,
-    class_weights: torch.Tensor | None = None,
+    loss: DeepSupervisionLoss | None = None,
 ) -> AlntStepResult:
     """Fused ALNT training step up to ``optimizer.step()``: accumulates the objective's gradient into ``.grad``.
 
@@ -506,7 +509,7 @@ def alnt_backward(
         settings: ALNT settings.
         method: ``"jvp"`` (exact, default) or ``"central"``.
         pseudo_scale: the pseudo term's share (:func:`pseudo_share`), used by ``"expert+weighted"``.
-        class_weights: optional (C,) cross-entropy class weights of the loss (``training.class_balance``).
+        loss: the round's loss object (with its class weights); default: unweighted.
 
     Returns:
         :class:`AlntStepResult`.
@@ -517,15 +520,15 @@ def alnt_backward(
     fused = settings.enabled and not _has_active_dropout(model)
     if not fused:
         result = compute_alnt_weights(
-            model, expert_images, expert_labels, pseudo_images, pseudo_labels, settings, method, class_weights
+            model, expert_images, expert_labels, pseudo_images, pseudo_labels, settings, method, loss
         )
-        expert_losses = per_sample_deep_supervision_loss(model(expert_images), expert_labels, class_weights)
-        pseudo_losses = per_sample_deep_supervision_loss(model(pseudo_images), pseudo_labels)
-        loss = alnt_objective(expert_losses, pseudo_losses, result.weights, settings, pseudo_scale)
-        loss.backward()
-        return AlntStepResult(result, loss.detach(), expert_losses.detach(), pseudo_losses.detach(), fused=False)
+        expert_losses = (loss or _UNWEIGHTED).per_sample(model(expert_images), expert_labels)
+        pseudo_losses = (loss or _UNWEIGHTED).per_sample(model(pseudo_images), pseudo_labels)
+        objective = alnt_objective(expert_losses, pseudo_losses, result.weights, settings, pseudo_scale)
+        objective.backward()
+        return AlntStepResult(result, objective.detach(), expert_losses.detach(), pseudo_losses.detach(), fused=False)
 
-    expert_losses, g = expert_gradient(model, expert_images, expert_labels, class_weights)
+    expert_losses, g = expert_gradient(model, expert_images, expert_labels, loss)
     if settings.objective == "expert+weighted":
         # The expert term's gradient is exactly g: accumulate it instead of a second backward.
         for p, grad in zip(params, g):
@@ -533,15 +536,15 @@ def alnt_backward(
                 p.grad = grad.detach().clone()
             else:
                 p.grad.add_(grad)
-    dots, _, outputs, d0 = directional_derivatives(model, pseudo_images, pseudo_labels, g, method, class_weights)
+    dots, _, outputs, d0 = directional_derivatives(model, pseudo_images, pseudo_labels, g, method, loss)
     del g
-    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, class_weights)
+    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, loss)
     del outputs, d0
-    pseudo_losses = per_sample_deep_supervision_loss(model(pseudo_images), pseudo_labels, class_weights)
+    pseudo_losses = (loss or _UNWEIGHTED).per_sample(model(pseudo_images), pseudo_labels)
     weighted = scale * (result.weights.to(pseudo_losses.dtype) * pseudo_losses).sum()
     if result.stats["sum_weight"] > 0:
         weighted.backward()
-    loss = weighted.detach() + (expert_losses.mean() if settings.objective == "expert+weighted" else 0.0)
+    total = weighted.detach() + (expert_losses.mean() if settings.objective == "expert+weighted" else 0.0)
     result.stats["expert_loss"] = float(expert_losses.mean())
     result.stats["pseudo_loss"] = float(pseudo_losses.detach().mean())
-    return AlntStepResult(result, loss, expert_losses, pseudo_losses.detach(), fused=True)
+    return AlntStepResult(result, total, expert_losses, pseudo_losses.detach(), fused=True)

@@ -13,7 +13,10 @@ from torch.nn import functional
 
 from activeseg.model.network import DeepSupervisionOutput
 
-__all__ = ["DEEP_SUPERVISION_WEIGHTS", "per_sample_dice_ce", "per_sample_deep_supervision_loss", "balanced_class_weights"]
+__all__ = [
+    "DEEP_SUPERVISION_WEIGHTS", "DeepSupervisionLoss", "per_sample_dice_ce", "per_sample_deep_supervision_loss",
+    "balanced_class_weights",
+]
 
 # DSAL: 0.6 * L(main) + 0.3 * L(1/4 head) + 0.1 * L(1/2 head), each against the full-resolution label.
 DEEP_SUPERVISION_WEIGHTS = {"main": 0.6, "quarter": 0.3, "half": 0.1}
@@ -48,6 +51,29 @@ def per_sample_deep_supervision_loss(
         + DEEP_SUPERVISION_WEIGHTS["quarter"] * per_sample_dice_ce(outputs.quarter, target, class_weights)
         + DEEP_SUPERVISION_WEIGHTS["half"] * per_sample_dice_ce(outputs.half, target, class_weights)
     )
+
+
+class DeepSupervisionLoss:
+    """The training loss, built once per round with its class weights, so every call site uses the same ones.
+
+    Plain training minimises :meth:`mean`; ALNT weights :meth:`per_sample` (its expert term, its pseudo term and
+    its reference gradient all come from this one object: before it existed, one of six call sites lost the
+    class weights).
+
+    Args:
+        class_weights: optional (C,) cross-entropy weight per class, on the device of the logits.
+    """
+
+    def __init__(self, class_weights: torch.Tensor | None = None) -> None:
+        self.class_weights = class_weights
+
+    def per_sample(self, outputs: DeepSupervisionOutput, target: torch.Tensor) -> torch.Tensor:
+        """(B,) DSAL-weighted deep-supervision losses; ``target`` is (B, 1, D, H, W) integer labels."""
+        return per_sample_deep_supervision_loss(outputs, target, self.class_weights)
+
+    def mean(self, outputs: DeepSupervisionOutput, target: torch.Tensor) -> torch.Tensor:
+        """Scalar batch-mean loss."""
+        return self.per_sample(outputs, target).mean()
 
 
 def balanced_class_weights(labels: list[np.ndarray], num_classes: int, cap: float = 50.0) -> torch.Tensor:

@@ -38,8 +38,8 @@ class DeepSupervisionOutput(NamedTuple):
     quarter: torch.Tensor
 
 
-def _block(in_channels: int, out_channels: int, dropout: float = 0.0, strides: int = 1) -> nn.Sequential:
-    """Two 3x3x3 conv-norm-act units; the first may down-sample with ``strides``."""
+def _block(in_channels: int, out_channels: int, dropout: float = 0.0, strides: int | tuple[int, int, int] = 1) -> nn.Sequential:
+    """Two 3x3x3 conv-norm-act units; the first may down-sample with ``strides`` (per axis)."""
     return nn.Sequential(
         Convolution(3, in_channels, out_channels, strides=strides, kernel_size=3, norm="instance", act="leakyrelu"),
         Convolution(3, out_channels, out_channels, kernel_size=3, norm="instance", act="leakyrelu", dropout=dropout),
@@ -47,53 +47,69 @@ def _block(in_channels: int, out_channels: int, dropout: float = 0.0, strides: i
 
 
 class DeepSupervisedUNet3D(nn.Module):
-    """U-Net with three 2x down-samplings and DSAL's two auxiliary heads.
+    """U-Net with ``len(channels) - 1`` down-samplings (per-axis strides) and DSAL's two auxiliary heads.
 
-    Input (B, in_channels, D, H, W) with D, H, W multiples of 8. Output: :class:`DeepSupervisionOutput`.
-    The main head is a 1x1x1 convolution, ``self.head``: ALNT's RGM uses its weight ("W_last") and the
-    penultimate features returned by :meth:`features`.
+    Input (B, in_channels, D, H, W), each edge a multiple of the product of the strides along it. Output:
+    :class:`DeepSupervisionOutput`, every head at the input's resolution. The main head is a 1x1x1 convolution,
+    ``self.head``: ALNT's RGM uses its weight ("W_last") and the penultimate features returned by
+    :meth:`features`. The auxiliary heads read the decoder features one and two levels above full resolution
+    (1/2 and 1/4 resolution with isotropic strides; with anisotropic strides an axis that was not down-sampled
+    keeps its resolution).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: tuple[int, ...] = (16, 32, 64, 128),
+        dropout: float = 0.0,
+        strides: list[tuple[int, int, int]] | None = None,
+    ) -> None:
         """Args:
             in_channels: image channels (1 for CT).
             num_classes: output classes including background.
-            channels: four widths, finest level first.
+            channels: widths per level, finest first; at least 3 levels (DSAL's heads need 1/2 and 1/4).
             dropout: decoder dropout probability (active only in training or MC-dropout mode).
+            strides: per down-sampling, the stride per axis (k, j, i); default 2 on every axis.
         """
         super().__init__()
-        if len(channels) != 4:
-            raise ValueError(f"channels must have 4 levels, got {channels}")
-        c0, c1, c2, c3 = channels
-        self.encoder0 = _block(in_channels, c0)
-        self.encoder1 = _block(c0, c1, strides=2)
-        self.encoder2 = _block(c1, c2, strides=2)
-        self.bottleneck = _block(c2, c3, strides=2)
-        self.up2 = nn.ConvTranspose3d(c3, c2, kernel_size=2, stride=2)
-        self.decoder2 = _block(2 * c2, c2, dropout=dropout)
-        self.up1 = nn.ConvTranspose3d(c2, c1, kernel_size=2, stride=2)
-        self.decoder1 = _block(2 * c1, c1, dropout=dropout)
-        self.up0 = nn.ConvTranspose3d(c1, c0, kernel_size=2, stride=2)
-        self.decoder0 = _block(2 * c0, c0, dropout=dropout)
-        self.head = nn.Conv3d(c0, num_classes, kernel_size=1)
-        self.head_half = nn.Conv3d(c1, num_classes, kernel_size=1)
-        self.head_quarter = nn.Conv3d(c2, num_classes, kernel_size=1)
+        if len(channels) < 3:
+            raise ValueError(f"channels must have at least 3 levels, got {channels}")
+        strides = [tuple(s) for s in strides] if strides is not None else [(2, 2, 2)] * (len(channels) - 1)
+        if len(strides) != len(channels) - 1:
+            raise ValueError(f"{len(channels)} levels need {len(channels) - 1} strides, got {strides}")
+        self.strides = strides
+        self.encoders = nn.ModuleList([_block(in_channels, channels[0])])
+        for level in range(1, len(channels)):
+            self.encoders.append(_block(channels[level - 1], channels[level], strides=strides[level - 1]))
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for level in range(len(channels) - 2, -1, -1):
+            stride = strides[level]
+            self.ups.append(nn.ConvTranspose3d(channels[level + 1], channels[level], kernel_size=stride, stride=stride))
+            self.decoders.append(_block(2 * channels[level], channels[level], dropout=dropout))
+        self.head = nn.Conv3d(channels[0], num_classes, kernel_size=1)
+        self.head_half = nn.Conv3d(channels[1], num_classes, kernel_size=1)
+        self.head_quarter = nn.Conv3d(channels[2], num_classes, kernel_size=1)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decoder features at full, 1/2 and 1/4 resolution (the penultimate layer of each head)."""
-        e0 = self.encoder0(x)
-        e1 = self.encoder1(e0)
-        e2 = self.encoder2(e1)
-        b = self.bottleneck(e2)
-        d2 = self.decoder2(torch.cat([self.up2(b), e2], dim=1))
-        d1 = self.decoder1(torch.cat([self.up1(d2), e1], dim=1))
-        d0 = self.decoder0(torch.cat([self.up0(d1), e0], dim=1))
-        return d0, d1, d2
+        """Decoder features at full resolution and one and two levels coarser (the heads' penultimate layers)."""
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+        decoded = []
+        x = skips.pop()
+        for up, decoder in zip(self.ups, self.decoders):
+            x = decoder(torch.cat([up(x), skips.pop()], dim=1))
+            decoded.append(x)
+        return decoded[-1], decoded[-2], decoded[-3]
 
     def heads(self, d0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> DeepSupervisionOutput:
-        """Apply the three heads to :meth:`features` output."""
-        half = nn.functional.interpolate(self.head_half(d1), scale_factor=2, mode="nearest")
-        quarter = nn.functional.interpolate(self.head_quarter(d2), scale_factor=4, mode="nearest")
+        """Apply the three heads to :meth:`features` output; auxiliary logits nearest-upsampled to ``d0``'s size."""
+        size = d0.shape[2:]
+        half = nn.functional.interpolate(self.head_half(d1), size=size, mode="nearest")
+        quarter = nn.functional.interpolate(self.head_quarter(d2), size=size, mode="nearest")
         return DeepSupervisionOutput(self.head(d0), half, quarter)
 
     def forward(self, x: torch.Tensor) -> DeepSupervisionOutput:
@@ -101,6 +117,12 @@ class DeepSupervisedUNet3D(nn.Module):
         return self.heads(*self.features(x))
 
 
-def build_network(num_classes: int, channels: tuple[int, ...], dropout: float, in_channels: int = 1) -> DeepSupervisedUNet3D:
+def build_network(
+    num_classes: int,
+    channels: tuple[int, ...],
+    dropout: float,
+    in_channels: int = 1,
+    strides: list[tuple[int, int, int]] | None = None,
+) -> DeepSupervisedUNet3D:
     """The engine's network for ``num_classes`` classes (background included)."""
-    return DeepSupervisedUNet3D(in_channels, num_classes, tuple(channels), dropout)
+    return DeepSupervisedUNet3D(in_channels, num_classes, tuple(channels), dropout, strides)
