@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import slicerio
 
-from activeseg.errors import ImageReadError, LabelValueError, NotThreeDimensionalError
+from activeseg.errors import GeometryMismatchError, ImageReadError, LabelValueError, NotThreeDimensionalError
 from activeseg.io.volumes import Geometry, Volume
 
 __all__ = ["SEGMENT_COLOURS", "ijk_to_lps_matrix", "geometry_from_ijk_to_lps", "write_segmentation_file",
-           "read_segmentation_labelmap", "segmentation_bytes"]
+           "place_on_grid", "read_segmentation_labelmap", "segmentation_bytes"]
 
 # RGB in [0, 1]; the first entries follow Slicer's terminology colours for lung and a lesion (yellow).
 SEGMENT_COLOURS = [
@@ -78,37 +78,146 @@ def write_segmentation_file(path: Path, labelmap: np.ndarray, geometry: Geometry
     slicerio.write_segmentation(str(path), segmentation)
 
 
-def read_segmentation_labelmap(path: Path, labels: dict[int, str]) -> Volume:
+def _class_of(segment: dict, by_name: dict[str, int]) -> int | None:
+    """The class a segment maps to: by its name, else by its terminology type's meaning (case-insensitive)."""
+    value = by_name.get(str(segment.get("name", "")).strip().lower())
+    if value is not None:
+        return value
+    terminology = segment.get("terminology")
+    if isinstance(terminology, dict):
+        for key in ("type", "typeModifier"):
+            code = terminology.get(key)
+            if isinstance(code, (list, tuple)) and len(code) >= 3:
+                value = by_name.get(str(code[2]).strip().lower())
+                if value is not None:
+                    return value
+    return None
+
+
+def place_on_grid(labelmap_ijk: np.ndarray, geometry: Geometry, reference: Geometry, what: str) -> np.ndarray:
+    """Pad (or crop) a labelmap onto a reference grid it is a translated sub-grid of.
+
+    Slicer saves a ``.seg.nrrd`` cropped to its segments' extent by default: same spacing and direction as the
+    image, an origin moved by whole voxels. This puts such a labelmap back on the image's grid.
+
+    Args:
+        labelmap_ijk: (i, j, k) labelmap on ``geometry``.
+        geometry: its grid (LPS).
+        reference: the image's grid (LPS).
+        what: how to name the file in errors.
+
+    Returns:
+        An (i, j, k) array of ``reference.size``; voxels the labelmap does not cover are 0.
+
+    Raises:
+        GeometryMismatchError: spacing or direction differ, the origin is not shifted by whole voxels, or
+            labelled voxels fall outside the reference grid.
+    """
+    if not np.allclose(geometry.spacing, reference.spacing, rtol=1e-3, atol=0):
+        raise GeometryMismatchError(f"{what}: spacing {geometry.spacing} mm != image spacing {reference.spacing} mm")
+    if not np.allclose(geometry.direction, reference.direction, rtol=0, atol=1e-4):
+        raise GeometryMismatchError(f"{what}: direction {geometry.direction} != image direction {reference.direction}")
+    matrix = ijk_to_lps_matrix(reference)
+    shift = np.linalg.solve(matrix[:3, :3], np.asarray(geometry.origin) - np.asarray(reference.origin))
+    offset = np.round(shift).astype(int)
+    if not np.allclose(matrix[:3, :3] @ offset, np.asarray(geometry.origin) - np.asarray(reference.origin), atol=1e-2):
+        raise GeometryMismatchError(
+            f"{what}: origin {geometry.origin} is not on the image's voxel grid (origin {reference.origin}, LPS mm)"
+        )
+    out = np.zeros(reference.size, dtype=labelmap_ijk.dtype)
+    source = []
+    target = []
+    for axis in range(3):
+        start = max(0, -offset[axis])
+        stop = min(labelmap_ijk.shape[axis], reference.size[axis] - offset[axis])
+        if stop <= start:
+            start = stop = 0
+        source.append(slice(start, stop))
+        target.append(slice(start + offset[axis], stop + offset[axis]) if stop > start else slice(0, 0))
+    inside = labelmap_ijk[tuple(source)]
+    if np.count_nonzero(inside) != np.count_nonzero(labelmap_ijk):
+        raise GeometryMismatchError(
+            f"{what}: labelled voxels lie outside the image (segmentation extent {geometry.size} at voxel offset "
+            f"{offset.tolist()} of an image of {reference.size}, i, j, k)"
+        )
+    out[tuple(target)] = inside
+    return out
+
+
+def read_segmentation_labelmap(
+    path: Path, labels: dict[int, str], reference: Geometry | None = None, what: str | None = None
+) -> Volume:
     """Read a ``.seg.nrrd`` (from ActiveSeg or Slicer) into a (k, j, i) uint8 labelmap of ``labels``' values.
 
-    Segments are matched to classes by name (case-insensitive), falling back to their label value when no
-    name matches. Overlapping segments (several layers) are flattened in class order.
+    Each segment maps to the class whose name equals the segment's name or its terminology type's meaning
+    (case-insensitive). Where segments overlap (several layers), the class with the higher value wins (the
+    documented class order: e.g. a lesion inside the lung stays a lesion), whatever the segments' file order.
+
+    Args:
+        path: the file (already checked by :func:`activeseg.io.nrrd_header.check_nrrd_complete` if untrusted).
+        labels: class value -> class name.
+        reference: the image's grid; a segmentation cropped to its segments' extent (Slicer's default) is
+            padded onto it. ``None``: the file's own grid is returned.
+        what: how to name the file in errors (default: its name).
 
     Raises:
         ImageReadError: not a readable segmentation file.
-        LabelValueError: a segment whose name and value match no class.
+        LabelValueError: no segment metadata (a plain labelmap), a segment that matches no class, a segment with
+            a label value below 1 or a layer that does not exist, or voxels that belong to no segment.
+        GeometryMismatchError: a grid that cannot be placed on ``reference``.
     """
+    name = what or Path(path).name
     try:
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as exc:  # noqa: BLE001 - slicerio/pynrrd raise many types for a bad file
-        raise ImageReadError(f"{Path(path).name}: not a readable segmentation file ({exc})") from exc
+        detail = str(exc).replace(str(path), name)
+        raise ImageReadError(f"{name}: not a readable segmentation file ({detail})") from exc
     voxels = np.asarray(segmentation["voxels"])
     if voxels.ndim not in (3, 4):
-        raise NotThreeDimensionalError(f"{Path(path).name}: segmentation voxels have {voxels.ndim} dimensions")
-    spatial = voxels.shape[-3:]
-    by_name = {name.lower(): value for value, name in labels.items()}
-    labelmap_ijk = np.zeros(spatial, dtype=np.uint8)
-    for segment in segmentation.get("segments", []):
-        value = by_name.get(str(segment.get("name", "")).lower())
+        raise NotThreeDimensionalError(f"{name}: segmentation voxels have {voxels.ndim} dimensions")
+    layers = voxels if voxels.ndim == 4 else voxels[np.newaxis]
+    segments = segmentation.get("segments") or []
+    if not segments:
+        raise LabelValueError(
+            f"{name}: no segments in the file (no Segment0_Name:= metadata); a plain labelmap must be sent with "
+            "format=.nrrd, not .seg.nrrd"
+        )
+    by_name = {label_name.strip().lower(): value for value, label_name in labels.items()}
+    mapped: list[tuple[int, int, int]] = []  # (class value, layer, label value in the layer)
+    unmapped: list[str] = []
+    for segment in segments:
+        segment_name = str(segment.get("name", ""))
+        value = _class_of(segment, by_name)
         if value is None:
-            value = int(segment.get("labelValue", 0))
-            if value not in labels:
-                raise LabelValueError(
-                    f"{Path(path).name}: segment {segment.get('name')!r} matches no label in {sorted(labels.values())}"
-                )
-        layer = voxels[segment.get("layer", 0)] if voxels.ndim == 4 else voxels
-        labelmap_ijk[layer == int(segment["labelValue"])] = value
-    geometry = geometry_from_ijk_to_lps(np.asarray(segmentation["ijkToLPS"]), spatial)
+            unmapped.append(segment_name)
+            continue
+        label_value = int(segment.get("labelValue", 1))
+        layer = int(segment.get("layer", 0))
+        if label_value < 1:
+            raise LabelValueError(
+                f"{name}: segment {segment_name!r} has label value {label_value}; 0 is background, a segment needs 1 or more"
+            )
+        if not 0 <= layer < layers.shape[0]:
+            raise LabelValueError(f"{name}: segment {segment_name!r} is on layer {layer}; the file has {layers.shape[0]}")
+        mapped.append((value, layer, label_value))
+    if unmapped:
+        raise LabelValueError(
+            f"{name}: segment(s) {unmapped} match no class; name each segment as one of "
+            f"{[labels[v] for v in sorted(labels)]}"
+        )
+    for layer_index in range(layers.shape[0]):
+        known = {lv for _, layer, lv in mapped if layer == layer_index}
+        stray = sorted(set(np.unique(layers[layer_index]).tolist()) - known - {0})
+        if stray:
+            raise LabelValueError(f"{name}: layer {layer_index} has voxel values {stray[:10]} that belong to no segment")
+    labelmap_ijk = np.zeros(layers.shape[1:], dtype=np.uint8)
+    for value, layer, label_value in sorted(mapped):
+        labelmap_ijk[layers[layer] == label_value] = value
+    geometry = geometry_from_ijk_to_lps(np.asarray(segmentation["ijkToLPS"]), labelmap_ijk.shape)
+    if reference is not None and geometry.size != reference.size:
+        labelmap_ijk = place_on_grid(labelmap_ijk, geometry, reference, name)
+        geometry = Geometry(size=reference.size, spacing=geometry.spacing, origin=reference.origin,
+                            direction=geometry.direction)
     return Volume(np.ascontiguousarray(np.transpose(labelmap_ijk, (2, 1, 0))), geometry)
 
 

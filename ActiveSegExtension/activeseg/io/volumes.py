@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from activeseg.errors import GeometryMismatchError, ImageReadError, NotThreeDimensionalError
+from activeseg.errors import GeometryMismatchError, ImageReadError, LabelValueError, NotThreeDimensionalError
 from activeseg.io.nifti_integrity import check_nifti_complete
+from activeseg.io.nrrd_header import check_nrrd_complete
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -29,6 +30,7 @@ __all__ = [
     "strip_image_suffix",
     "read_volume",
     "read_geometry",
+    "read_untrusted_volume",
     "volume_from_bytes",
     "write_volume",
     "check_same_geometry",
@@ -172,29 +174,93 @@ def read_geometry(path: Path) -> Geometry:
     )
 
 
-def volume_from_bytes(data: bytes, suffix: str, dtype: type = np.float32, scratch_dir: Path | None = None) -> Volume:
-    """Decode an uploaded image file's bytes (SimpleITK reads from paths, so via a private temp file).
+# The one ITK reader an untrusted file of each format may reach (ITK otherwise picks a reader by content).
+_UNTRUSTED_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO"}
+
+
+def read_untrusted_volume(
+    path: Path, suffix: str, max_decoded_bytes: int, what: str = "upload", allow_nonfinite: bool = True
+) -> Volume:
+    """Read a file that came from outside (an upload): its header is checked before any reader sees it.
+
+    NIfTI headers are validated fully and NRRD headers may not name another file (detached data); the declared
+    decoded size (dimensions x type) must be at most ``max_decoded_bytes`` and the data must be complete and no
+    longer than declared, all checked streaming before decoding; then only the ITK reader of ``suffix``'s format
+    decodes it. Error messages name the file ``what``, never its server path.
+
+    Args:
+        path: the file (a private temp file).
+        suffix: ``.nii.gz``, ``.nii`` or ``.nrrd`` (a ``.seg.nrrd`` read as a plain NRRD).
+        max_decoded_bytes: the largest decoded voxel data accepted, bytes.
+        what: how to name the file in errors.
+        allow_nonfinite: accept NaN or infinite voxels (ITK's NIfTI reader turns them into 0 silently, so
+            with False they are counted in the raw data and refused).
+
+    Returns:
+        The volume in the file's own voxel type (k, j, i), geometry in LPS.
+
+    Raises:
+        ImageReadError: a refused header, too much declared data, truncated or corrupt data, or an unsupported
+            suffix. NotThreeDimensionalError: not a single-component 3D volume. LabelValueError: NaN or
+            infinite voxels when ``allow_nonfinite`` is False.
+    """
+    path = Path(path)
+    suffix = ".nrrd" if suffix.lower().endswith(".nrrd") else suffix.lower()
+    if suffix not in _UNTRUSTED_IO:
+        raise ImageReadError(f"unsupported upload format {suffix!r}; send .nii.gz, .nii or .nrrd")
+    try:
+        if suffix == ".nrrd":
+            check_nrrd_complete(path, max_decoded_bytes=max_decoded_bytes)
+        else:
+            header = check_nifti_complete(path, compressed=suffix == ".nii.gz", max_decoded_bytes=max_decoded_bytes,
+                                          count_nonfinite=not allow_nonfinite)
+            if header.nonfinite:
+                raise LabelValueError(f"{header.nonfinite} voxel(s) are NaN or infinite")
+    except (ImageReadError, LabelValueError) as exc:
+        raise type(exc)(f"{what}: {exc}") from exc
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_UNTRUSTED_IO[suffix])
+    reader.SetFileName(str(path))
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        lines = [line for line in str(exc).replace(str(path), what).strip().splitlines() if line.strip()]
+        raise ImageReadError(f"{what}: not a readable {suffix} image ({lines[-1] if lines else 'unknown error'})") from exc
+    _check_3d(image, what)
+    array = sitk.GetArrayFromImage(image)
+    if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise LabelValueError(f"{what}: {int(np.count_nonzero(~np.isfinite(array)))} voxel(s) are NaN or infinite")
+    return Volume(array, Geometry.of(image))
+
+
+def volume_from_bytes(
+    data: bytes, suffix: str, dtype: type = np.float32, scratch_dir: Path | None = None,
+    max_decoded_bytes: int = 1 << 30,
+) -> Volume:
+    """Decode an image file's bytes from outside, as :func:`read_untrusted_volume` (via a private temp file).
 
     Args:
         data: the file's bytes.
         suffix: its format suffix, e.g. ``.nii.gz`` or ``.nrrd`` (``.seg.nrrd`` counts as ``.nrrd``).
         dtype: array dtype.
         scratch_dir: where to place the temp file (default: the system temp dir).
+        max_decoded_bytes: the largest decoded voxel data accepted, bytes.
 
     Raises:
-        ImageReadError, NotThreeDimensionalError: as :func:`read_volume`.
+        ImageReadError, NotThreeDimensionalError: as :func:`read_untrusted_volume`.
     """
     import tempfile
 
     if suffix.lower().endswith(".seg.nrrd"):
         suffix = ".nrrd"
-    if strip_image_suffix("x" + suffix) is None:
+    if suffix.lower() not in _UNTRUSTED_IO:
         raise ImageReadError(f"unsupported upload format {suffix!r}; send .nii.gz, .nii or .nrrd")
     fd, name = tempfile.mkstemp(suffix=suffix, dir=scratch_dir)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        return read_volume(Path(name), dtype=dtype)
+        volume = read_untrusted_volume(Path(name), suffix, max_decoded_bytes, what="file")
+        return Volume(volume.array.astype(dtype, copy=False), volume.geometry)
     finally:
         os.unlink(name)
 
