@@ -20,6 +20,10 @@ __all__ = [
     "ModelVersionError",
     "ConfigError",
     "TrainingCancelled",
+    "StorageError",
+    "StorageFullError",
+    "StorageReadOnlyError",
+    "StoreLockedError",
 ]
 
 
@@ -119,3 +123,31 @@ class TrainingCancelled(ActiveSegError):
 
     code = "cancelled"
     http_status = 409
+
+
+class StorageError(ActiveSegError):
+    """A write the file system did not complete (verified afterwards: some writers fail silently)."""
+
+    code = "storage_error"
+    http_status = 500
+
+
+class StorageFullError(StorageError):
+    """No space left (ENOSPC or a quota) where the datastore writes; nothing acknowledged was lost."""
+
+    code = "storage_full"
+    http_status = 507
+
+
+class StorageReadOnlyError(StorageError):
+    """The datastore's folder or database is read-only (EROFS, EACCES, a read-only SQLite database)."""
+
+    code = "storage_read_only"
+    http_status = 503
+
+
+class StoreLockedError(StorageError):
+    """The datastore's database stayed locked by another process past the wait limit."""
+
+    code = "store_locked"
+    http_status = 503
