@@ -169,10 +169,14 @@ class OrthancServer:
             process.kill()
             process.wait(timeout=15)
 
-    def upload_folder(self, folder: Path) -> int:
-        """Store every DICOM file under ``folder`` through Orthanc's REST API; returns how many were stored."""
+    def upload(self, path: Path) -> int:
+        """Store a DICOM file, or every file under a folder, through Orthanc's REST API; returns how many."""
+        path = Path(path)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no DICOM file at {path}")
         stored = 0
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        for path in files:
             response = requests.post(f"{self.url}/instances", data=path.read_bytes(), timeout=60)
             response.raise_for_status()
             stored += 1

@@ -32,6 +32,8 @@ from activeseg.io.volumes import Volume
 __all__ = ["PRIVATE_SCHEME", "segment_codes", "build_dicom_seg", "read_dicom_seg", "segment_names"]
 
 logger = logging.getLogger(__name__)
+# highdicom logs every attribute copy at INFO, naming source UIDs: keep it to warnings.
+logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger("highdicom").level))
 
 PRIVATE_SCHEME = "99ACTIVESEG"
 # Names (lower case) whose SNOMED CT concept is a lesion rather than normal anatomy.
