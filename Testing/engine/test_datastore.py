@@ -205,18 +205,17 @@ _CHILD = textwrap.dedent(
     import numpy as np
     from pathlib import Path
     from activeseg.store.datastore import Datastore
-    from activeseg.store import datastore as module
+    from activeseg.io import atomic
     from activeseg.io.volumes import read_volume
     store = Datastore(Path(sys.argv[1]))
     case_id, mode = sys.argv[2], sys.argv[3]
     label = read_volume(Path(sys.argv[4]), dtype=np.uint8)
     if mode == "before-rename":
-        real = module.atomic_write.__globals__["os"].replace
         def die(*args): os.kill(os.getpid(), signal.SIGKILL)
-        module.atomic_write.__globals__["os"].replace = die
+        atomic.os.replace = die  # the label file is complete but not yet renamed
     elif mode == "before-commit":
         def die(*args, **kwargs): os.kill(os.getpid(), signal.SIGKILL)
-        store._point_label = die
+        store.label_store._commit_label = die  # the file is written, the database not yet pointed at it
     print("ready", flush=True)
     n = 0
     while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, Response
 
-from activeseg.store.datastore import STATES
+from activeseg.store.cases import STATES
 from activeseg.errors import CaseStateError
 from activeseg.io.seg_nrrd import segmentation_bytes
 from .context import ServerContext, get_context

@@ -17,6 +17,7 @@ from activeseg import __version__
 from activeseg.config import apply_overrides
 from activeseg.cli.console import ProgressBar, format_table
 from activeseg.store.datastore import Datastore
+from activeseg.store.cases import CaseState
 from activeseg.errors import ActiveSegError
 
 __all__ = ["main", "build_parser"]
@@ -34,7 +35,7 @@ def init_command(args: argparse.Namespace) -> int:
     counts = store.counts()
     logger.info(
         "Created %s: %d case(s), %d in the fixed validation split, %d labelled, %d file(s) skipped.",
-        store.root, counts["total"], counts["val"], counts["labeled"], len(problems),
+        store.root, counts["total"], counts["val"], counts[CaseState.LABELED], len(problems),
     )
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 from activeseg.config import Config
 from activeseg.cli.console import ProgressBar, format_table
 from activeseg.store.datastore import Datastore
+from activeseg.store.cases import CaseState
 from activeseg.errors import DatastoreError
 from activeseg.io.volumes import read_volume
 from activeseg.store.initialise import init_datastore
@@ -140,7 +141,7 @@ def run_demo(
     pseudo_dir = out / "pseudo_labels"
     pseudo_dir.mkdir(parents=True, exist_ok=True)
     pseudo_files = []
-    for record in store.cases(state="pseudo"):
+    for record in store.cases(state=CaseState.PSEUDO):
         target = pseudo_dir / f"{record.case_id}.seg.nrrd"
         shutil.copyfile(record.pseudo_path, target)
         pseudo_files.append(target)

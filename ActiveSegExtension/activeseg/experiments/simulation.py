@@ -56,6 +56,7 @@ import torch
 
 from activeseg.config import Config
 from activeseg.store.datastore import Datastore
+from activeseg.store.cases import CaseState
 from activeseg.errors import ConfigError
 from activeseg.io.volumes import read_volume
 from activeseg.model.predictor import load_checkpoint, predict_heads, select_device
@@ -322,7 +323,7 @@ def simulate(
         eval_started = time.perf_counter()
         dice = evaluate_test_split(model, test_cases, config, device)
         eval_s = time.perf_counter() - eval_started
-        trained_pseudo = [c.case_id for c in store.cases(state="pseudo")]
+        trained_pseudo = [c.case_id for c in store.cases(state=CaseState.PSEUDO)]
         row: dict[str, Any] = {
             "round": round_index,
             "model_version": record.version,

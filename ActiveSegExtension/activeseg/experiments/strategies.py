@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from activeseg.store.datastore import Datastore
+from activeseg.store.cases import TRAINED_STATES
 from activeseg.errors import ModelVersionError
 from activeseg.model.predictor import enable_mc_dropout, load_checkpoint, predict_heads, select_device
 from activeseg.model.preprocessing import normalise_intensity
@@ -111,7 +112,7 @@ def unlabelled_pool(store: Datastore) -> list[str]:
 
     Pseudo-labelled and queued cases count as unlabelled (DSAL may still queue them for the expert).
     """
-    return [c.case_id for c in store.cases(split="train") if c.state in ("unlabeled", "queued", "pseudo", "rejected")]
+    return [c.case_id for c in store.cases(split="train") if c.state not in TRAINED_STATES]
 
 
 def predictive_entropy(probabilities: np.ndarray) -> float:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from activeseg.config import Config, apply_overrides
+from activeseg.store.cases import CaseState
 from activeseg.store.datastore import Datastore
 from activeseg.store.sources import find_source
 
@@ -45,6 +46,6 @@ def init_datastore(
     counts = datastore.counts()
     logger.info(
         "datastore %s: %d case(s) (%d validation), %d labelled, %d skipped",
-        datastore.root, counts["total"], counts["val"], counts["labeled"], len(problems),
+        datastore.root, counts["total"], counts["val"], counts[CaseState.LABELED], len(problems),
     )
     return datastore, problems

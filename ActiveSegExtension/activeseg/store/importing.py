@@ -1,0 +1,123 @@
+"""Creating a datastore: checking and copying the images, drawing the fixed validation split once,
+and importing existing labels as expert labels."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from activeseg.config import Config
+from activeseg.errors import ActiveSegError, DatastoreError
+from activeseg.io.volumes import read_volume, strip_image_suffix
+from activeseg.store.case_ids import validate_case_id
+from activeseg.store.cases import CaseState
+from activeseg.store.database import SCHEMA_VERSION, SUBFOLDERS, Database, create_schema
+from activeseg.store.labels import LabelStore
+
+__all__ = ["import_images", "import_labels", "draw_validation_split"]
+
+logger = logging.getLogger(__name__)
+
+
+def _readable_images(images: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The (case id, path) pairs whose id is valid and unique and whose image decodes as 3D, and one
+    sentence per skipped pair."""
+    problems: list[str] = []
+    accepted: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    for case_id, path in images:
+        try:
+            validate_case_id(case_id)
+            if case_id in seen:
+                raise DatastoreError(f"duplicate case id {case_id!r}")
+            read_volume(path)  # full decode: catches truncated data, not only bad headers
+        except ActiveSegError as exc:  # unreadable, not 3D, bad or duplicate id
+            problems.append(f"skipped {path.name}: {exc}")
+            logger.warning("skipped %s: %s", path, exc)
+            continue
+        seen.add(case_id)
+        accepted.append((case_id, path))
+    return accepted, problems
+
+
+def draw_validation_split(case_ids: list[str], val_fraction: float, seed: int) -> set[str]:
+    """The fixed validation cases: ``round(val_fraction * n)`` ids drawn with ``seed`` (at least one when
+    ``val_fraction > 0`` and there are 5 or more cases)."""
+    ids = sorted(case_ids)
+    n_val = int(round(val_fraction * len(ids)))
+    if val_fraction > 0 and n_val == 0 and len(ids) >= 5:
+        n_val = 1
+    return set(random.Random(seed).sample(ids, n_val))
+
+
+def import_images(database: Database, images: list[tuple[str, Path]], config: Config, seed: int) -> tuple[set[str], list[str]]:
+    """Create the datastore's folders, settings and database and copy the readable images in.
+
+    Args:
+        database: where the datastore goes (its folder may exist but must not be a datastore yet).
+        images: (case id, image path) pairs. Unreadable or non-3D images are skipped and reported.
+        config: settings to store.
+        seed: seed of the validation split.
+
+    Returns:
+        The imported case ids and one human sentence per skipped file.
+
+    Raises:
+        DatastoreError: already a datastore, or no image could be imported.
+    """
+    if database.db_path.exists():
+        raise DatastoreError(f"{database.root} is already an ActiveSeg datastore")
+    config.validate()
+    accepted, problems = _readable_images(images)
+    if not accepted:
+        raise DatastoreError(f"no readable 3D image to import ({len(problems)} skipped)")
+
+    (database.root / "images").mkdir(parents=True, exist_ok=True)
+    for sub in SUBFOLDERS:
+        (database.meta_dir / sub).mkdir(parents=True, exist_ok=True)
+    config.save(database.meta_dir / "config.json")
+    val_ids = draw_validation_split([case_id for case_id, _ in accepted], config.val_fraction, seed)
+    connection = sqlite3.connect(database.db_path)
+    try:
+        create_schema(connection)
+        now = time.time()
+        with connection:
+            for case_id, path in accepted:
+                suffix = path.name[len(strip_image_suffix(path.name) or path.stem) :]
+                relative = f"images/{case_id}{suffix}"
+                shutil.copyfile(path, database.root / relative)
+                split = "val" if case_id in val_ids else "train"
+                connection.execute(
+                    "INSERT INTO cases (case_id, image_file, split, state, updated) VALUES (?, ?, ?, ?, ?)",
+                    (case_id, relative, split, CaseState.UNLABELED.value, now),
+                )
+            connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            connection.execute("INSERT INTO meta VALUES ('split_seed', ?)", (str(seed),))
+    finally:
+        connection.close()
+    return {case_id for case_id, _ in accepted}, problems
+
+
+def import_labels(labels: LabelStore, label_files: dict[str, Path], imported: set[str]) -> list[str]:
+    """Import label files of imported cases as expert labels (an all-background one means "no finding").
+
+    Returns:
+        One sentence per label not imported (the others go on).
+    """
+    problems: list[str] = []
+    for case_id, label_path in label_files.items():
+        if case_id not in imported:
+            continue
+        try:
+            label = read_volume(label_path, dtype=np.uint8)
+            labels.submit_label(case_id, label, no_finding=not label.array.any(), annotator="import")
+        except Exception as exc:  # noqa: BLE001 - any bad label is reported and skipped, the rest go on
+            problems.append(f"label of {case_id} not imported: {exc}")
+            logger.warning("label of %s not imported: %s", case_id, exc)
+    return problems

@@ -1,0 +1,134 @@
+"""The strong queue and leases: which cases wait for the radiologist, in which order, and who holds which.
+
+Whether a lease still holds is decided in one place, :func:`activeseg.store.cases.live_lease_holder`
+(a lease is part of a case's row, and every case read needs it).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from activeseg.config import Config
+from activeseg.errors import CaseStateError, LeaseError
+from activeseg.store.case_ids import validate_case_id
+from activeseg.store.cases import TRAINED_STATES, CaseRecord, CaseState, CaseTable, live_lease_holder
+from activeseg.store.models import ModelTable
+from activeseg.store.scores import ScoreRecord, score_from_row
+
+__all__ = ["CaseQueue"]
+
+# States a ranking may put into the strong queue.
+_QUEUEABLE_STATES = (CaseState.UNLABELED, CaseState.QUEUED, CaseState.REJECTED)
+
+
+class CaseQueue:
+    """The strong queue and the leases of one datastore.
+
+    Args:
+        cases: the datastore's case table.
+        models: its model versions (the queue is ordered by the active model's scores).
+        config: its settings (``lease_seconds``); shared with the datastore, so changes are seen.
+    """
+
+    def __init__(self, cases: CaseTable, models: ModelTable, config: Config) -> None:
+        self.cases = cases
+        self.models = models
+        self.database = cases.database
+        self.config = config
+
+    def set_queue(self, case_ids: list[str]) -> None:
+        """Make ``case_ids`` the strong queue: they become ``queued``; earlier queued cases not in it and
+        not leased return to ``unlabeled``. Only ``unlabeled``, ``queued`` and ``rejected`` cases can be queued."""
+        wanted = set(case_ids)
+        placeholders = ", ".join("?" for _ in _QUEUEABLE_STATES)
+        with self.database.connect(write=True) as connection:
+            now = time.time()
+            for row in connection.execute(
+                "SELECT case_id, lease_holder, lease_expires FROM cases WHERE state = ?", (CaseState.QUEUED.value,)
+            ).fetchall():
+                if row["case_id"] not in wanted and live_lease_holder(row, now) is None:
+                    connection.execute(
+                        "UPDATE cases SET state = ?, lease_holder = NULL, lease_expires = NULL, updated = ?"
+                        " WHERE case_id = ?",
+                        (CaseState.UNLABELED.value, now, row["case_id"]),
+                    )
+            for case_id in case_ids:
+                connection.execute(
+                    f"UPDATE cases SET state = ?, updated = ? WHERE case_id = ? AND state IN ({placeholders})",
+                    (CaseState.QUEUED.value, now, case_id, *(state.value for state in _QUEUEABLE_STATES)),
+                )
+
+    def queue(self) -> list[tuple[CaseRecord, ScoreRecord | None]]:
+        """Queued cases, most uncertain first: unlabelled validation cases first (validation Dice needs
+        them), then strong cases by ascending M-DSC under the active model, larger predicted foreground
+        first among equal M-DSC, then by case id."""
+        active = self.models.active_version()
+        with self.database.connect() as connection:
+            rows = connection.execute(
+                "SELECT c.*, s.mdsc, s.confidence, s.foreground_ml, s.route FROM cases c"
+                " LEFT JOIN scores s ON s.case_id = c.case_id AND s.model_version = ?"
+                " WHERE c.state = ? ORDER BY (c.split = 'val') DESC, s.mdsc IS NULL, s.mdsc ASC,"
+                " s.foreground_ml DESC, c.case_id",
+                (active if active is not None else -1, CaseState.QUEUED.value),
+            ).fetchall()
+        return [(self.cases.record(row), score_from_row(row, active)) for row in rows]
+
+    def lease_next(self, annotator: str) -> CaseRecord | None:
+        """Lease the most uncertain queued case that nobody holds; ``None`` when nothing is left.
+
+        Cold start: before the first model exists nothing has been ranked, so the queue is empty; then
+        unlabelled cases are served, training split first (a first round needs them), in id order. Each
+        lease is one transaction under SQLite's write lock, so two annotators never get the same case.
+        """
+        candidates = [record for record, _ in self.queue()]
+        if not candidates and self.models.active_version() is None:
+            unlabeled = self.cases.cases(state=CaseState.UNLABELED)
+            candidates = sorted(unlabeled, key=lambda r: (r.split != "train", r.case_id))
+        for record in candidates:
+            if record.lease_holder in (None, annotator):
+                try:
+                    return self.lease(record.case_id, annotator)
+                except (LeaseError, CaseStateError):  # taken or labelled meanwhile: try the next one
+                    continue
+        return None
+
+    def prediction_path(self, case_id: str, model_version: int) -> Path:
+        """Where ranking keeps model ``model_version``'s prediction of a queued case (a ``.seg.nrrd``),
+        served to the annotator as a starting segmentation."""
+        return self.database.meta_dir / "predictions" / f"{validate_case_id(case_id)}.v{int(model_version)}.seg.nrrd"
+
+    def lease(self, case_id: str, annotator: str) -> CaseRecord:
+        """Lease one case to ``annotator`` for ``config.lease_seconds`` (renews an own lease).
+
+        Raises:
+            LeaseError: another annotator holds it. CaseStateError: the case is already labelled.
+        """
+        if not annotator:
+            raise LeaseError("an annotator name is required to lease a case")
+        with self.database.connect(write=True) as connection:
+            row = self.cases.row(connection, case_id)
+            now = time.time()
+            holder = live_lease_holder(row, now)
+            if holder not in (None, annotator):
+                raise LeaseError(f"case {case_id!r} is leased to {holder!r} until {row['lease_expires']:.0f}")
+            if row["state"] in TRAINED_STATES:
+                raise CaseStateError(f"case {case_id!r} is already {row['state']}")
+            connection.execute(
+                "UPDATE cases SET lease_holder = ?, lease_expires = ?, updated = ? WHERE case_id = ?",
+                (annotator, now + self.config.lease_seconds, now, case_id),
+            )
+        return self.cases.case(case_id)
+
+    def release(self, case_id: str, annotator: str) -> CaseRecord:
+        """Give a lease back. Raises LeaseError if someone else holds it."""
+        with self.database.connect(write=True) as connection:
+            row = self.cases.row(connection, case_id)
+            holder = live_lease_holder(row)
+            if holder not in (None, annotator):
+                raise LeaseError(f"case {case_id!r} is leased to {holder!r}, not {annotator!r}")
+            connection.execute(
+                "UPDATE cases SET lease_holder = NULL, lease_expires = NULL, updated = ? WHERE case_id = ?",
+                (time.time(), case_id),
+            )
+        return self.cases.case(case_id)
