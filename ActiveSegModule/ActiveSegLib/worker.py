@@ -1,5 +1,8 @@
 """Run blocking work (HTTP calls, file decoding) off Slicer's main thread; hand results back on it. Stdlib only.
 
+Worker threads are *daemon* threads of this module's own small pool (not ``concurrent.futures``'s executor, whose
+threads the interpreter joins at exit): quitting Slicer never waits for a request stuck on a slow backend.
+
 Qt and MRML objects may only be touched from the main thread, so worker threads never call back directly:
 finished tasks land in a :class:`queue.Queue`, and :meth:`BackgroundTasks.poll` (called by the widget from a
 ``qt.QTimer``, e.g. every 100 ms) runs their ``on_done``/``on_error`` callbacks on the caller's thread. Keeping
@@ -75,7 +78,12 @@ class BackgroundTasks:
     """
 
     def __init__(self, max_workers: int = 2, name: str = "activeseg-task") -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
+        self._max_workers = int(max_workers)
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        self._jobs: queue.Queue[tuple[concurrent.futures.Future[Any], Callable[[], None]] | None] = queue.Queue()
         self._results: queue.Queue[tuple[Callable[..., None] | None, tuple[Any, ...]]] = queue.Queue()
         self._ids = itertools.count(1)
         self._pending: set[int] = set()
@@ -124,7 +132,9 @@ class BackgroundTasks:
             else:
                 self._results.put((self._deliver_done, (task_id, label, cancelled, on_done, result)))
 
-        future = self._pool.submit(run)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((future, run))
+        self._spawn_worker()
         handle = TaskHandle(task_id=task_id, name=label, _future=future, _cancelled=cancelled)
         # A task cancelled before it ran never reports: count it as delivered.
         future.add_done_callback(lambda f: self._forget(task_id) if f.cancelled() else None)
@@ -185,12 +195,49 @@ class BackgroundTasks:
         with self._lock:
             self._closed = True
             self._pending.clear()
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+            threads = list(self._threads)
+        while True:  # cancel what has not started
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in threads:
+            self._jobs.put(None)  # one stop marker per worker
+        if wait:
+            for thread in threads:
+                thread.join()
         while not self._results.empty():
             try:
                 self._results.get_nowait()
             except queue.Empty:
                 break
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn_worker(self) -> None:
+        """Start another daemon worker while there are fewer than ``max_workers`` and work is waiting."""
+        with self._lock:
+            busy = sum(1 for t in self._threads if t.is_alive())
+            if busy >= self._max_workers:
+                return
+            thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads) + 1}", daemon=True)
+            self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, run = job
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled before it started
+            try:
+                run()  # never raises: run() reports through the results queue
+            finally:
+                future.set_result(None)
 
     # ------------------------------------------------------------------ delivery (main thread)
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+from .conftest import MODULE_DIR
 
 from ActiveSegLib.worker import BackgroundTasks
 
@@ -161,3 +167,20 @@ def test_submit_after_shutdown_raises() -> None:
     pool.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(lambda: None)
+
+
+def test_interpreter_exit_does_not_wait_for_a_running_task(tmp_path: Path) -> None:
+    """Closing Slicer must not hang for the HTTP timeout (30-120 s): worker threads are not joined at exit."""
+    script = tmp_path / "quit.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(MODULE_DIR)!r})
+        from ActiveSegLib.worker import BackgroundTasks
+        tasks = BackgroundTasks()
+        tasks.submit(time.sleep, 30)   # a request stuck waiting for a slow backend
+        time.sleep(0.2)
+        tasks.shutdown()               # what the widget's cleanup() does
+    """))
+    started = time.monotonic()
+    subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+    assert time.monotonic() - started < 10, "the interpreter waited for the worker thread at exit"
