@@ -2,8 +2,16 @@
 
 The backend runs in its own Python (with torch/MONAI), never in Slicer's. It prints one machine-readable line
 when it listens, ``ACTIVESEG_SERVER_URL=http://127.0.0.1:PORT``; :meth:`BackendLauncher.start` waits for it.
-The child gets its own process group (POSIX session / Windows process group) so that :meth:`~BackendLauncher.stop`
-ends the whole tree, training workers included.
+
+Process handling, per platform (the way ``slicer.util.launchConsoleProcess`` and SlicerMONAIAuto3DSeg do it):
+    * POSIX: the child leads a new session (process group); :meth:`~BackendLauncher.stop` sends SIGTERM to the
+      group, SIGKILL after a grace period, and SIGKILL again to any child that outlived the leader.
+    * Windows: the child is created without a console window (``CREATE_NO_WINDOW``; Slicer has no console, so
+      CTRL_BREAK could never reach it). :meth:`~BackendLauncher.stop` ends the process *tree*: with ``psutil``
+      when importable (terminate, then kill what is left after the grace period), else ``taskkill /T /F``.
+
+The bearer token travels in the child's environment (:data:`~ActiveSegLib.protocol.TOKEN_ENV`), never on its
+command line, where any user of the machine could read it.
 
 Example:
     >>> launcher = BackendLauncher("/opt/activeseg/bin/python", "/data/lungs")  # doctest: +SKIP
@@ -25,14 +33,22 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from .errors import BackendStartError
+from types import ModuleType
+from typing import Any
 
-__all__ = ["URL_PREFIX", "BackendLauncher", "find_free_port"]
+from .errors import BackendStartError
+from .protocol import TOKEN_ENV, URL_LINE_PREFIX
+
+__all__ = ["BackendLauncher", "find_free_port", "popen_options", "terminate_tree_windows"]
 
 logger = logging.getLogger(__name__)
 
-#: The line prefix the backend prints once it listens.
-URL_PREFIX = "ACTIVESEG_SERVER_URL="
+# Windows process creation flags (numeric: the names exist only in Windows builds of ``subprocess``).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+# ``subprocess.run``, looked up at call time so tests on POSIX can stand in for ``taskkill``.
+_run = subprocess.run
 
 # Variables that describe the *host* interpreter (Slicer's embedded Python); passed on, they make another
 # Python load Slicer's standard library and site-packages.
@@ -62,24 +78,95 @@ def _resolve_python(python: str) -> str:
     return found
 
 
+def popen_options(platform: str) -> dict[str, Any]:
+    """``subprocess.Popen`` keyword arguments that make the child a tree :meth:`BackendLauncher.stop` can end.
+
+    Args:
+        platform: ``sys.platform`` (``"win32"``, ``"linux"``, ``"darwin"``).
+
+    Returns:
+        Windows: ``creationflags`` with ``CREATE_NO_WINDOW`` (no console window pops up) and
+        ``CREATE_NEW_PROCESS_GROUP``. POSIX: ``start_new_session=True`` (the child leads its own process group).
+    """
+    if platform == "win32":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def _import_psutil() -> ModuleType | None:
+    try:
+        import psutil  # optional: Slicer does not ship it, a user may have installed it
+    except ImportError:
+        return None
+    return psutil
+
+
+def terminate_tree_windows(pid: int, grace_s: float, *, psutil: ModuleType | None = None,
+                           run: Any = subprocess.run) -> str:
+    """End a Windows process and all its descendants (training workers included).
+
+    With ``psutil``: terminate the parent and every descendant, wait up to ``grace_s`` seconds, kill the rest.
+    Without: ``taskkill /PID <pid> /T /F`` (the tree, forcibly), with no console window.
+
+    Args:
+        pid: the backend's process id.
+        grace_s: seconds to wait after terminating before killing.
+        psutil: the ``psutil`` module, or ``None`` to use ``taskkill``.
+        run: ``subprocess.run`` (replaceable in tests, which cannot run ``taskkill``).
+
+    Returns:
+        ``"psutil"`` or ``"taskkill"``: the way it was done.
+    """
+    if psutil is not None:
+        try:
+            parent = psutil.Process(pid)
+            tree = [*parent.children(recursive=True), parent]
+        except psutil.NoSuchProcess:
+            return "psutil"
+        for process in tree:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5.0)
+        return "psutil"
+    result = run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False,
+                 creationflags=CREATE_NO_WINDOW)
+    if getattr(result, "returncode", 0) not in (0, 128):  # 128: the process had already exited
+        logger.warning("taskkill /T /F of pid %d answered %s: %s", pid, result.returncode,
+                       (getattr(result, "stdout", b"") or b"")[:200])
+    return "taskkill"
+
+
 class BackendLauncher:
     """A local backend process: start it, learn its URL, read its output, stop its process tree.
+
+    Thread-safe in the ways Slicer needs: :meth:`stop` may be called from the main thread while :meth:`start`
+    waits on a worker thread (the start then fails with "stopped while starting" and leaves nothing running),
+    and :meth:`wait_ready` lets a second caller join a start in progress.
 
     Args:
         python: the backend environment's interpreter (path, or a name looked up on ``PATH``).
         data_dir: the datastore folder passed as ``--data``.
         host: interface to listen on (keep ``127.0.0.1`` unless a token is set).
         port: TCP port; 0 lets the backend pick a free one and report it.
-        token: bearer token the backend will require (``--token``), or ``None``.
+        token: bearer token the backend will require, passed in its environment as ``ACTIVESEG_TOKEN``.
         extra_args: more ``serve`` arguments, appended as given.
         env: the child's environment; default: this process's, without host-Python variables such as
             ``PYTHONHOME``/``PYTHONPATH``. Inside Slicer pass ``slicer.util.startupEnvironment()``.
         max_log_lines: how many output lines to keep (older ones are dropped).
+        platform: ``sys.platform``; tests pass ``"win32"`` to drive the Windows branches on any system.
     """
 
     def __init__(self, python: str, data_dir: str, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, extra_args: Sequence[str] = (), *,
-                 env: Mapping[str, str] | None = None, max_log_lines: int = 2000) -> None:
+                 env: Mapping[str, str] | None = None, max_log_lines: int = 2000, platform: str = sys.platform) -> None:
         if not 0 <= int(port) <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port!r}")
         self.python = python
@@ -89,10 +176,17 @@ class BackendLauncher:
         self.token = token
         self.extra_args = tuple(str(a) for a in extra_args)
         self.env = dict(env) if env is not None else None
+        self.platform = platform
+        self.kill_wait_s = 10.0  # seconds to wait for the process to vanish after the forced kill
         self._lines: collections.deque[str] = collections.deque(maxlen=max_log_lines)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # output lines
+        self._state = threading.Lock()  # spawning vs stopping
         self._url_seen = threading.Event()
         self._output_closed = threading.Event()
+        self._stop_requested = threading.Event()
+        self._finished_start = threading.Event()
+        self._start_error: BackendStartError | None = None
+        self._starting = False
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self._url: str | None = None
@@ -102,7 +196,7 @@ class BackendLauncher:
     @property
     def url(self) -> str | None:
         """The backend's base URL once :meth:`start` returned, else ``None``."""
-        return self._url
+        return self._url if self._finished_start.is_set() and self._start_error is None else None
 
     @property
     def running(self) -> bool:
@@ -110,8 +204,18 @@ class BackendLauncher:
         return self._process is not None and self._process.poll() is None
 
     @property
+    def starting(self) -> bool:
+        """Whether :meth:`start` is waiting for the backend's URL right now."""
+        return self._starting
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether :meth:`stop` was called (a stopped launcher is not started again)."""
+        return self._stop_requested.is_set()
+
+    @property
     def pid(self) -> int | None:
-        """The backend's process id (also its process group id), or ``None`` before start."""
+        """The backend's process id (on POSIX also its process group id), or ``None`` before start."""
         return self._process.pid if self._process is not None else None
 
     @property
@@ -120,11 +224,9 @@ class BackendLauncher:
         return self._process.poll() if self._process is not None else None
 
     def command(self) -> list[str]:
-        """The command line :meth:`start` runs (it contains the token: mask it before showing or logging)."""
+        """The command line :meth:`start` runs. It never contains the token (see :meth:`child_env`)."""
         args = [self.python, "-m", "activeseg", "serve", "--data", str(self.data_dir),
                 "--host", self.host, "--port", str(self.port)]
-        if self.token:
-            args += ["--token", self.token]
         return args + list(self.extra_args)
 
     def log_tail(self, lines: int = 50) -> str:
@@ -135,13 +237,17 @@ class BackendLauncher:
 
     # ------------------------------------------------------------------ start / stop
 
-    def _child_env(self) -> dict[str, str]:
+    def child_env(self) -> dict[str, str]:
+        """The child's environment: unbuffered output, the token (if any) in ``ACTIVESEG_TOKEN``."""
         if self.env is not None:
             env = dict(self.env)
         else:
             env = {k: v for k, v in os.environ.items() if k not in _HOST_PYTHON_VARIABLES}
         # Unbuffered, or the URL line may sit in the child's stdout buffer until it exits.
         env["PYTHONUNBUFFERED"] = "1"
+        env.pop(TOKEN_ENV, None)  # never a token inherited from elsewhere
+        if self.token:
+            env[TOKEN_ENV] = self.token
         return env
 
     def _read_output(self, stream: object) -> None:
@@ -151,8 +257,8 @@ class BackendLauncher:
                 line = raw.rstrip("\r\n")
                 with self._lock:
                     self._lines.append(line)
-                if not self._url_seen.is_set() and line.startswith(URL_PREFIX):
-                    self._url = line[len(URL_PREFIX):].strip()
+                if not self._url_seen.is_set() and line.startswith(URL_LINE_PREFIX):
+                    self._url = line[len(URL_LINE_PREFIX):].strip()
                     self._url_seen.set()
         except (OSError, ValueError):  # stream closed under us by stop()
             pass
@@ -169,45 +275,60 @@ class BackendLauncher:
             the base URL, e.g. ``http://127.0.0.1:41234``.
 
         Raises:
-            BackendStartError: already running, the interpreter does not exist, the process could not be
-                spawned, it exited before announcing a URL, or ``timeout_s`` passed (the process is then
-                stopped). The error carries the process's last output lines.
+            BackendStartError: already running or stopped, the interpreter does not exist, the process could not
+                be spawned, it exited before announcing a URL, :meth:`stop` was called meanwhile, or
+                ``timeout_s`` passed (the process is then stopped). The error carries the last output lines.
         """
-        if self.running:
-            raise BackendStartError(f"backend already running (pid {self.pid}) at {self._url}")
+        try:
+            url = self._start(timeout_s)
+        except BackendStartError as exc:
+            self._start_error = exc
+            raise
+        finally:
+            self._starting = False
+            self._finished_start.set()
+        return url
+
+    def _start(self, timeout_s: float) -> str:
         python = _resolve_python(self.python)
         args = self.command()
         args[0] = python
-        self._lines.clear()
-        self._url_seen.clear()
-        self._output_closed.clear()
-        self._url = None
-        popen_kwargs: dict[str, object] = {}
-        if sys.platform == "win32":
-            popen_kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            popen_kwargs["start_new_session"] = True
-        logger.info("starting backend: %s", " ".join(a if a != self.token else "***" for a in args))
-        try:
-            self._process = subprocess.Popen(  # noqa: S603 - arguments are a list, no shell
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, encoding="utf-8", errors="replace", bufsize=1, env=self._child_env(),
-                **popen_kwargs,  # type: ignore[arg-type]
-            )
-        except OSError as exc:
-            raise BackendStartError(f"could not start backend with {python!r}: {exc}") from exc
-        self._reader = threading.Thread(target=self._read_output, args=(self._process.stdout,),
+        with self._state:
+            if self._stop_requested.is_set():
+                raise BackendStartError("backend was stopped before it started")
+            if self.running or self._starting:
+                raise BackendStartError(f"backend already running or starting (pid {self.pid})")
+            self._lines.clear()
+            self._url_seen.clear()
+            self._output_closed.clear()
+            self._finished_start.clear()
+            self._start_error = None
+            self._url = None
+            logger.info("starting backend: %s", " ".join(args))
+            try:
+                self._process = subprocess.Popen(  # noqa: S603 - arguments are a list, no shell
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True, encoding="utf-8", errors="replace", bufsize=1, env=self.child_env(),
+                    **popen_options(self.platform),
+                )
+            except OSError as exc:
+                raise BackendStartError(f"could not start backend with {python!r}: {exc}") from exc
+            self._starting = True
+        process = self._process
+        self._reader = threading.Thread(target=self._read_output, args=(process.stdout,),
                                         name="activeseg-backend-output", daemon=True)
         self._reader.start()
 
         deadline = time.monotonic() + timeout_s
         while not self._url_seen.wait(timeout=0.05):
-            if self._output_closed.is_set() or self._process.poll() is not None:
+            if self._stop_requested.is_set():
+                raise BackendStartError("backend was stopped while it was starting", output=self.log_tail())
+            if self._output_closed.is_set() or process.poll() is not None:
                 # Give the reader a moment to collect the last lines (the traceback the user needs).
                 self._output_closed.wait(timeout=2.0)
                 if self._url_seen.is_set():
                     break
-                code = self._process.wait()
+                code = process.wait()
                 raise BackendStartError(f"backend exited with status {code} before it was ready",
                                         output=self.log_tail(), returncode=code)
             if time.monotonic() > deadline:
@@ -220,46 +341,71 @@ class BackendLauncher:
             output = self.log_tail()
             self.stop()
             raise BackendStartError(f"backend announced a malformed URL {url!r}", output=output)
-        logger.info("backend ready at %s (pid %d)", url, self._process.pid)
+        if self._stop_requested.is_set():
+            raise BackendStartError("backend was stopped while it was starting", output=self.log_tail())
+        logger.info("backend ready at %s (pid %d)", url, process.pid)
         return url
 
+    def wait_ready(self, timeout_s: float = 120.0) -> str:
+        """Join a :meth:`start` in progress (from another thread): wait for its outcome.
+
+        Returns:
+            the URL the backend announced.
+
+        Raises:
+            BackendStartError: the start failed (its error) or did not end within ``timeout_s``.
+        """
+        if not self._finished_start.wait(timeout=timeout_s):
+            raise BackendStartError(f"backend did not become ready within {timeout_s:g} s")
+        if self._start_error is not None:
+            raise self._start_error
+        assert self._url is not None
+        return self._url
+
     def _signal_group(self, sig: int) -> None:
+        """POSIX: send ``sig`` to the backend's process group."""
         assert self._process is not None
-        if sys.platform == "win32":
-            # No process groups to signal: CTRL_BREAK reaches the group; kill() is TerminateProcess.
-            if sig == signal.SIGTERM:
-                self._process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-            else:
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._process.pid)],  # noqa: S603,S607
-                               capture_output=True, check=False)
-            return
         try:
             os.killpg(self._process.pid, sig)  # pgid == pid: start_new_session made it a group leader
         except ProcessLookupError:
             pass  # already gone (group empty)
 
     def stop(self, grace_s: float = 5.0) -> int | None:
-        """Stop the backend's whole process group: SIGTERM, then SIGKILL after ``grace_s`` seconds.
+        """Stop the backend's whole process tree; never leaves it running silently.
 
-        Safe to call more than once and on a process that already exited.
+        POSIX: SIGTERM to the group, SIGKILL after ``grace_s`` seconds, then SIGKILL to any straggler in the group.
+        Windows: :func:`terminate_tree_windows` (psutil, else ``taskkill /T /F``). Safe to call more than once, on
+        a process that already exited, and while :meth:`start` is waiting on another thread.
 
         Returns:
             the exit status, or ``None`` if it was never started.
+
+        Raises:
+            BackendStartError: the process was still running after the forced kill (its pid is in the message).
         """
-        process = self._process
+        with self._state:
+            self._stop_requested.set()
+            process = self._process
         if process is None:
             return None
         if process.poll() is None:
             logger.info("stopping backend (pid %d)", process.pid)
-            self._signal_group(signal.SIGTERM)
+            if self.platform == "win32":
+                terminate_tree_windows(process.pid, grace_s, psutil=_import_psutil(), run=_run)
+            else:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    process.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    logger.warning("backend (pid %d) ignored SIGTERM for %g s; killing it", process.pid, grace_s)
+                    self._signal_group(signal.SIGKILL)
             try:
-                process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("backend (pid %d) ignored SIGTERM for %g s; killing it", process.pid, grace_s)
-                self._signal_group(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
-                process.wait(timeout=10.0)
+                process.wait(timeout=self.kill_wait_s)
+            except subprocess.TimeoutExpired as exc:
+                raise BackendStartError(f"backend (pid {process.pid}) is still running after it was killed; "
+                                        "end it with the system's task manager") from exc
         # Children that outlived the leader (e.g. a training job) still hold the group: end them too.
-        if sys.platform != "win32":
+        if self.platform != "win32":
             self._signal_group(signal.SIGKILL)
         if self._reader is not None:
             self._reader.join(timeout=2.0)

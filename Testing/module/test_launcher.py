@@ -1,7 +1,10 @@
 """BackendLauncher with fake backends: a tiny ``activeseg`` package put first on the child's PYTHONPATH.
 
-The real ``activeseg serve`` gets its own tests once it exists; these pin the process handling: URL discovery,
-early exit, timeout, and that stop() ends the whole process tree.
+These pin the process handling: URL discovery, early exit, timeout, that stop() ends the whole process tree (also
+while start() is still waiting), that the token never appears on the command line, and, driven directly because
+they cannot run here, the Windows branches (no console window; the tree ended with psutil or ``taskkill /T /F``).
+That the URL line and the token variable match what the real ``activeseg serve`` prints and reads is checked
+against the backend's own constants in ``test_protocol_agreement.py``.
 """
 
 from __future__ import annotations
@@ -10,23 +13,33 @@ import os
 import socket
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from ActiveSegLib import BackendStartError
-from ActiveSegLib.launcher import URL_PREFIX, BackendLauncher, find_free_port
+from ActiveSegLib import BackendStartError, launcher as launcher_module
+from ActiveSegLib.launcher import (
+    CREATE_NO_WINDOW,
+    BackendLauncher,
+    find_free_port,
+    popen_options,
+    terminate_tree_windows,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process-group handling is tested on POSIX")
 
 FAKES = {
     # Announces a URL built from its --port argument, starts a grandchild, then serves "forever".
     "ok": """
-        import subprocess, sys, time
+        import os, subprocess, sys, time
         args = sys.argv[1:]
         port = args[args.index("--port") + 1]
         print("argv:", " ".join(args))
+        print("token from environment:", os.environ.get("ACTIVESEG_TOKEN"))
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         open(args[args.index("--data") + 1] + "/grandchild.pid", "w").write(str(child.pid))
         print("starting up", file=sys.stderr)
@@ -106,7 +119,9 @@ def test_start_reads_url_and_stop_ends_the_process_tree(tmp_path: Path) -> None:
         assert url == "http://127.0.0.1:8123" == launcher.url
         assert launcher.running and launcher.pid is not None
         tail = launcher.log_tail()
-        assert f"--data {data} --host 127.0.0.1 --port 8123 --token s3cret" in tail
+        assert f"argv: serve --data {data} --host 127.0.0.1 --port 8123\n" in tail + "\n"
+        assert "s3cret" not in " ".join(launcher.command()) and "--token" not in tail  # not on the command line
+        assert "token from environment: s3cret" in tail
         assert "starting up" in tail  # stderr is merged into the log
         grandchild = int((data / "grandchild.pid").read_text())
         assert alive(grandchild)
@@ -180,9 +195,12 @@ def test_default_environment_drops_host_python_variables(tmp_path: Path, monkeyp
     monkeypatch.setenv("PYTHONHOME", "/opt/Slicer/lib/Python")
     monkeypatch.setenv("PYTHONPATH", "/opt/Slicer/lib/Python/site-packages")
     monkeypatch.setenv("ACTIVESEG_TEST_MARKER", "kept")
-    env = BackendLauncher(sys.executable, str(tmp_path))._child_env()
+    monkeypatch.setenv("ACTIVESEG_TOKEN", "inherited-from-somewhere")
+    env = BackendLauncher(sys.executable, str(tmp_path)).child_env()
     assert "PYTHONHOME" not in env and "PYTHONPATH" not in env
     assert env["ACTIVESEG_TEST_MARKER"] == "kept" and env["PYTHONUNBUFFERED"] == "1"
+    assert "ACTIVESEG_TOKEN" not in env  # only the launcher's own token is passed on
+    assert BackendLauncher(sys.executable, str(tmp_path), token="t0k").child_env()["ACTIVESEG_TOKEN"] == "t0k"
 
 
 def test_log_is_bounded(tmp_path: Path) -> None:
@@ -200,10 +218,158 @@ def test_find_free_port_is_bindable() -> None:
         sock.bind(("127.0.0.1", port))
 
 
-def test_url_prefix_matches_the_protocol() -> None:
-    assert URL_PREFIX == "ACTIVESEG_SERVER_URL="
-
-
 def test_bad_port_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="port"):
         BackendLauncher(sys.executable, str(tmp_path), port=70000)
+
+
+# ----------------------------------------------------------------------------------------- stop during start
+
+
+def test_stop_while_start_waits_ends_the_process(tmp_path: Path) -> None:
+    launcher = BackendLauncher(sys.executable, str(tmp_path), env=fake_backend(tmp_path, "silent"))
+    outcome: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            launcher.start(timeout_s=60)
+        except BackendStartError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while launcher.pid is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert launcher.starting and launcher.running
+    started = time.monotonic()
+    launcher.stop(grace_s=2)
+    thread.join(timeout=10)
+    assert not thread.is_alive() and time.monotonic() - started < 10
+    assert "stopped while it was starting" in str(outcome["error"])
+    assert wait_dead(launcher.pid) and launcher.url is None and not launcher.starting
+    with pytest.raises(BackendStartError, match="stopped before it started"):
+        launcher.start(timeout_s=5)  # a stopped launcher is not started again
+
+
+def test_wait_ready_joins_a_start_in_progress(tmp_path: Path) -> None:
+    launcher = BackendLauncher(sys.executable, str(tmp_path), env=fake_backend(tmp_path, "plain"))
+    joined: dict[str, str] = {}
+    thread = threading.Thread(target=lambda: joined.setdefault("url", launcher.wait_ready(timeout_s=30)))
+    thread.start()
+    try:
+        assert launcher.start(timeout_s=30) == "http://127.0.0.1:5556"
+        thread.join(timeout=10)
+        assert joined["url"] == "http://127.0.0.1:5556"
+    finally:
+        launcher.stop()
+
+
+# ----------------------------------------------------------------------------------------- Windows, driven directly
+
+
+def test_windows_child_gets_no_console_window() -> None:
+    options = popen_options("win32")
+    assert options["creationflags"] & CREATE_NO_WINDOW and "start_new_session" not in options
+    assert popen_options("linux") == {"start_new_session": True}
+
+
+class _FakeProcess:
+    """A psutil.Process stand-in: records terminate/kill; ``stubborn`` ones survive terminate."""
+
+    def __init__(self, pid: int, log: list[str], stubborn: bool = False, children: list[Any] | None = None) -> None:
+        self.pid, self.log, self.stubborn, self._children = pid, log, stubborn, children or []
+        self.alive = True
+
+    def children(self, recursive: bool = False) -> list[Any]:
+        assert recursive, "the whole tree, not just direct children"
+        return list(self._children)
+
+    def terminate(self) -> None:
+        self.log.append(f"terminate {self.pid}")
+        self.alive = self.alive and self.stubborn
+
+    def kill(self) -> None:
+        self.log.append(f"kill {self.pid}")
+        self.alive = False
+
+
+def _fake_psutil(tree: dict[int, _FakeProcess]) -> Any:
+    class NoSuchProcess(Exception):
+        pass
+
+    def process(pid: int) -> _FakeProcess:
+        if pid not in tree:
+            raise NoSuchProcess(pid)
+        return tree[pid]
+
+    def wait_procs(procs: list[_FakeProcess], timeout: float) -> tuple[list[_FakeProcess], list[_FakeProcess]]:
+        return [p for p in procs if not p.alive], [p for p in procs if p.alive]
+
+    return SimpleNamespace(Process=process, NoSuchProcess=NoSuchProcess, wait_procs=wait_procs)
+
+
+def test_windows_tree_is_terminated_with_psutil_and_stragglers_killed() -> None:
+    log: list[str] = []
+    grandchild = _FakeProcess(12, log, stubborn=True)
+    child = _FakeProcess(11, log, children=[])
+    parent = _FakeProcess(10, log, children=[child, grandchild])
+    assert terminate_tree_windows(10, 0.1, psutil=_fake_psutil({10: parent})) == "psutil"
+    assert log == ["terminate 11", "terminate 12", "terminate 10", "kill 12"]
+    assert not any(p.alive for p in (parent, child, grandchild))
+    assert terminate_tree_windows(99, 0.1, psutil=_fake_psutil({})) == "psutil"  # already gone: no error
+
+
+def test_windows_tree_is_killed_with_taskkill_without_psutil() -> None:
+    calls: list[tuple[list[str], dict[str, Any]]] = []
+
+    def run(args: list[str], **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return SimpleNamespace(returncode=0, stdout=b"")
+
+    assert terminate_tree_windows(4321, 1.0, psutil=None, run=run) == "taskkill"
+    (args, kwargs), = calls
+    assert args == ["taskkill", "/PID", "4321", "/T", "/F"]
+    assert kwargs["creationflags"] & CREATE_NO_WINDOW and kwargs["check"] is False
+
+
+def test_stop_on_windows_ends_the_tree_and_never_raises_timeout(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Windows branch of stop(), on a real child: taskkill (stood in for by a process-group kill here) ends
+    the tree; stop() returns the exit status instead of raising TimeoutExpired as it used to."""
+    import signal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    launcher = BackendLauncher(sys.executable, str(data), env=fake_backend(tmp_path, "ok"))
+    launcher.start(timeout_s=30)
+    grandchild = int((data / "grandchild.pid").read_text())
+    launcher.platform = "win32"  # from here on, the Windows code path
+    taskkills: list[list[str]] = []
+
+    def taskkill(args: list[str], **kwargs: Any) -> Any:
+        taskkills.append(args)
+        os.killpg(int(args[2]), signal.SIGKILL)  # what taskkill /T /F does to the tree
+        return SimpleNamespace(returncode=0, stdout=b"")
+
+    monkeypatch.setattr(launcher_module, "_import_psutil", lambda: None)
+    monkeypatch.setattr(launcher_module, "_run", taskkill)
+    code = launcher.stop(grace_s=0.5)
+    assert taskkills == [["taskkill", "/PID", str(launcher.pid), "/T", "/F"]]
+    assert code is not None and not launcher.running
+    assert wait_dead(grandchild)
+
+
+def test_stop_on_windows_says_so_when_the_tree_survives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launcher = BackendLauncher(sys.executable, str(tmp_path), env=fake_backend(tmp_path, "plain"))
+    launcher.start(timeout_s=30)
+    launcher.platform, launcher.kill_wait_s = "win32", 0.3
+    monkeypatch.setattr(launcher_module, "_import_psutil", lambda: None)
+    monkeypatch.setattr(launcher_module, "_run", lambda args, **kw: SimpleNamespace(returncode=1, stdout=b"denied"))
+    try:
+        with pytest.raises(BackendStartError, match=f"pid {launcher.pid}.* still running"):
+            launcher.stop(grace_s=0.1)
+    finally:
+        launcher.platform = sys.platform
+        launcher.stop()
+    assert not launcher.running
