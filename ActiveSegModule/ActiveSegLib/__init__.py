@@ -23,6 +23,7 @@ from .errors import (
     BackendUnavailableError,
     ClientError,
     MrmlBridgeError,
+    ProtocolError,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "BackendUnavailableError",
     "ClientError",
     "MrmlBridgeError",
+    "ProtocolError",
 ]

@@ -4,18 +4,20 @@ Every call blocks: inside Slicer run it off the main thread (:class:`ActiveSegLi
 protocol is the backend's OpenAPI (``GET /v1/openapi.json``) plus the example bodies under
 ``Testing/fixtures/api/``; this file is written against those, never copied from the server.
 
-Errors are typed (:mod:`ActiveSegLib.errors`):
+Answers are typed (:mod:`ActiveSegLib.responses`: :class:`Info`, :class:`Case`, :class:`Job`...), parsed from
+the JSON as it arrives. Errors are typed (:mod:`ActiveSegLib.errors`):
     * :class:`BackendUnavailableError`: connection refused, unknown host, timeout; nothing was answered.
     * :class:`AuthenticationError`: 401, a missing or wrong bearer token.
     * :class:`BackendRequestError`: any other HTTP error, carrying the backend's ``{"error": {"code", "message"}}``.
+    * :class:`ProtocolError`: an answer that lacks a field the protocol promises.
 
 Images and labels travel as file bytes (NIfTI / NRRD / ``.seg.nrrd``), whose headers carry the geometry in LPS;
 turning them into RAS MRML nodes is :mod:`ActiveSegLib.mrml`'s job.
 
 Example:
     >>> client = ActiveSegClient("http://127.0.0.1:8000", token=None)   # doctest: +SKIP
-    >>> client.info()["labels"]                                          # doctest: +SKIP
-    {'1': 'lung', '2': 'lesion'}
+    >>> client.info().labels                                             # doctest: +SKIP
+    {1: 'lung', 2: 'lesion'}
 """
 
 from __future__ import annotations
@@ -31,19 +33,16 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError
+from .errors import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError, ProtocolError
+from .protocol import API_PREFIX, UPLOAD_FORMATS, file_suffix
+from .responses import Case, CaseList, CurvePoint, Info, Job, ModelList, ModelVersion, Queue
 
-__all__ = ["API_PREFIX", "ActiveSegClient", "Download"]
+__all__ = ["ActiveSegClient", "Download"]
 
 logger = logging.getLogger(__name__)
 
-#: Path prefix of the versioned API.
-API_PREFIX = "/v1"
-
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
-# Label upload formats the backend accepts (``PUT /v1/cases/{id}/label?format=``).
-_UPLOAD_FORMATS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
 
 
 @dataclass(frozen=True)
@@ -62,11 +61,7 @@ class Download:
     @property
     def suffix(self) -> str:
         """The format suffix of :attr:`filename`: ``.seg.nrrd``, ``.nii.gz``, ``.nii``, ``.nrrd`` or ``""``."""
-        lowered = self.filename.lower()
-        for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd"):
-            if lowered.endswith(suffix):
-                return suffix
-        return ""
+        return file_suffix(self.filename)
 
 
 def _is_loopback(host: str) -> bool:
@@ -212,45 +207,50 @@ class ActiveSegClient:
 
     # ------------------------------------------------------------------ info
 
-    def health(self, timeout_s: float | None = None) -> dict[str, Any]:
-        """``GET /v1/health``: ``{"status": "ok"}`` while the backend runs (cheap; use a short timeout)."""
-        return self._json("GET", "/health", timeout_s=timeout_s)
+    def health(self, timeout_s: float | None = None) -> str:
+        """``GET /v1/health``: ``"ok"`` while the backend runs (cheap; use a short timeout)."""
+        answer = self._json("GET", "/health", timeout_s=timeout_s)
+        if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
+            raise ProtocolError(f"backend's health answer lacks 'status': {answer!r}"[:300])
+        return str(answer["status"])
 
-    def info(self) -> dict[str, Any]:
-        """``GET /v1/info``: version, device, ``labels`` (value as string -> name), active model, counts per state,
+    def info(self) -> Info:
+        """``GET /v1/info``: version, device, ``labels`` (value -> name), active model, counts per state,
         running job id, ``auth_required``, ``max_upload_bytes``."""
-        return self._json("GET", "/info")
+        return Info.from_json(self._json("GET", "/info"))
 
     # ------------------------------------------------------------------ cases and queue
 
-    def cases(self, state: str | None = None, split: str | None = None) -> dict[str, Any]:
-        """``GET /v1/cases``: ``{"active_model", "cases": [case, ...]}``, optionally filtered by state / split."""
-        return self._json("GET", "/cases", params={"state": state, "split": split})
+    def cases(self, state: str | None = None, split: str | None = None) -> CaseList:
+        """``GET /v1/cases``: the cases by id (and the active model), optionally filtered by state / split."""
+        return CaseList.from_json(self._json("GET", "/cases", params={"state": state, "split": split}))
 
-    def case(self, case_id: str) -> dict[str, Any]:
+    def case(self, case_id: str) -> Case:
         """``GET /v1/cases/{id}``: one case (state, scores, lease holder, ``has_pseudo``...)."""
-        return self._json("GET", f"/cases/{_quote(case_id)}")
+        return Case.from_json(self._json("GET", f"/cases/{_quote(case_id)}"))
 
-    def queue(self) -> dict[str, Any]:
-        """``GET /v1/queue``: ``{"active_model", "items": [{"rank", "case"}, ...]}``, most uncertain first."""
-        return self._json("GET", "/queue")
+    def queue(self) -> Queue:
+        """``GET /v1/queue``: the strong queue, most uncertain first."""
+        return Queue.from_json(self._json("GET", "/queue"))
 
-    def lease_next(self, annotator: str) -> dict[str, Any] | None:
+    def lease_next(self, annotator: str) -> Case | None:
         """``POST /v1/queue/next``: lease the most uncertain free case to ``annotator``.
 
         Returns:
             the leased case, or ``None`` when the queue is empty or every queued case is leased by others.
         """
         answer = self._json("POST", "/queue/next", params={"annotator": annotator})
-        return answer.get("case") if isinstance(answer, dict) else None
+        case = answer.get("case") if isinstance(answer, dict) else None
+        return Case.from_json(case) if case is not None else None
 
-    def lease(self, case_id: str, annotator: str) -> dict[str, Any]:
+    def lease(self, case_id: str, annotator: str) -> Case:
         """``POST /v1/cases/{id}/lease``: lease (or renew) one case. 409 ``leased`` if someone else holds it."""
-        return self._json("POST", f"/cases/{_quote(case_id)}/lease", params={"annotator": annotator})
+        return Case.from_json(self._json("POST", f"/cases/{_quote(case_id)}/lease", params={"annotator": annotator}))
 
-    def release(self, case_id: str, annotator: str) -> dict[str, Any]:
+    def release(self, case_id: str, annotator: str) -> Case:
         """``DELETE /v1/cases/{id}/lease``: give a lease back."""
-        return self._json("DELETE", f"/cases/{_quote(case_id)}/lease", params={"annotator": annotator})
+        return Case.from_json(self._json("DELETE", f"/cases/{_quote(case_id)}/lease",
+                                         params={"annotator": annotator}))
 
     # ------------------------------------------------------------------ files
 
@@ -284,8 +284,22 @@ class ActiveSegClient:
                 return None
             raise
 
+    def download_uncertainty(self, case_id: str, timeout_s: float | None = None) -> Download | None:
+        """The case's voxel-wise uncertainty map (uint8 percent NRRD in the image's geometry), if ranking wrote one.
+
+        ``GET /v1/cases/{id}/uncertainty``. Returns ``None`` when the case has no map (409) or an older backend
+        lacks the route (404 ``not_found``). An unknown case still raises (404 ``unknown_case``).
+        """
+        try:
+            return self._download(f"/cases/{_quote(case_id)}/uncertainty", timeout_s=timeout_s)
+        except BackendRequestError as exc:
+            if (exc.status == 404 and exc.code == "not_found") or exc.status in (405, 409):
+                logger.debug("no uncertainty map for %s: %s", case_id, exc)
+                return None
+            raise
+
     def submit_label(self, case_id: str, data: bytes, annotator: str, *, no_finding: bool = False,
-                     file_format: str = ".seg.nrrd", timeout_s: float | None = None) -> dict[str, Any]:
+                     file_format: str = ".seg.nrrd", timeout_s: float | None = None) -> Case:
         """``PUT /v1/cases/{id}/label``: submit an expert label (also: edit-and-submit a pseudo-label).
 
         Args:
@@ -303,26 +317,29 @@ class ActiveSegClient:
             ValueError: an unsupported ``file_format``.
             BackendRequestError: 409 leased by someone else, 422 invalid label (geometry, values, empty), ...
         """
-        if file_format not in _UPLOAD_FORMATS:
-            raise ValueError(f"file_format must be one of {_UPLOAD_FORMATS}, got {file_format!r}")
+        if file_format not in UPLOAD_FORMATS:
+            raise ValueError(f"file_format must be one of {UPLOAD_FORMATS}, got {file_format!r}")
         body, _ = self._send(
             "PUT", f"/cases/{_quote(case_id)}/label", body=bytes(data), content_type=_BINARY,
             params={"annotator": annotator, "no_finding": bool(no_finding), "format": file_format},
             timeout_s=timeout_s,
         )
-        return json.loads(body.decode("utf-8"))
+        try:
+            return Case.from_json(json.loads(body.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ClientError(f"backend answered the label upload with a body that is not JSON: {exc}") from exc
 
-    def accept_pseudo(self, case_id: str) -> dict[str, Any]:
+    def accept_pseudo(self, case_id: str) -> Case:
         """``POST /v1/cases/{id}/pseudo/accept``: the pseudo-label becomes the case's label (state ``accepted``)."""
-        return self._json("POST", f"/cases/{_quote(case_id)}/pseudo/accept")
+        return Case.from_json(self._json("POST", f"/cases/{_quote(case_id)}/pseudo/accept"))
 
-    def reject_pseudo(self, case_id: str) -> dict[str, Any]:
+    def reject_pseudo(self, case_id: str) -> Case:
         """``POST /v1/cases/{id}/pseudo/reject``: drop the pseudo-label (state ``rejected``)."""
-        return self._json("POST", f"/cases/{_quote(case_id)}/pseudo/reject")
+        return Case.from_json(self._json("POST", f"/cases/{_quote(case_id)}/pseudo/reject"))
 
     # ------------------------------------------------------------------ jobs
 
-    def start_train(self, *, then_rank: bool = True, write_pseudo: bool = True) -> dict[str, Any]:
+    def start_train(self, *, then_rank: bool = True, write_pseudo: bool = True) -> Job:
         """``POST /v1/jobs/train`` (202): start a training round. 409 ``job_running`` if a job runs.
 
         Args:
@@ -332,50 +349,54 @@ class ActiveSegClient:
         Returns:
             the job (``job_id``, ``status`` ``running``, ``progress``...).
         """
-        return self._json("POST", "/jobs/train", payload={"then_rank": bool(then_rank),
-                                                          "write_pseudo": bool(write_pseudo)})
+        return Job.from_json(self._json("POST", "/jobs/train", payload={"then_rank": bool(then_rank),
+                                                                        "write_pseudo": bool(write_pseudo)}))
 
-    def start_rank(self, *, write_pseudo: bool = True) -> dict[str, Any]:
+    def start_rank(self, *, write_pseudo: bool = True) -> Job:
         """``POST /v1/jobs/rank`` (202): score the pool with the active model, set the queue (and pseudo-labels)."""
-        return self._json("POST", "/jobs/rank", payload={"write_pseudo": bool(write_pseudo)})
+        return Job.from_json(self._json("POST", "/jobs/rank", payload={"write_pseudo": bool(write_pseudo)}))
 
-    def start_pseudo_label(self) -> dict[str, Any]:
+    def start_pseudo_label(self) -> Job:
         """``POST /v1/jobs/pseudo-label`` (202): rewrite the weak set's pseudo-labels with the active model."""
-        return self._json("POST", "/jobs/pseudo-label")
+        return Job.from_json(self._json("POST", "/jobs/pseudo-label"))
 
-    def job(self, job_id: str, log_lines: int = 20) -> dict[str, Any]:
+    def job(self, job_id: str, log_lines: int = 20) -> Job:
         """``GET /v1/jobs/{id}``: status (running, succeeded, failed, cancelled, interrupted), ``progress``
         (phase, epoch/epochs, step/steps, loss, val_dice, eta_s, elapsed_s in seconds), log tail, error text."""
-        return self._json("GET", f"/jobs/{_quote(job_id)}", params={"log_lines": int(log_lines)})
+        return Job.from_json(self._json("GET", f"/jobs/{_quote(job_id)}", params={"log_lines": int(log_lines)}))
 
-    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+    def jobs(self, limit: int = 20) -> list[Job]:
         """``GET /v1/jobs``: recent jobs, newest first (without logs)."""
-        return list(self._json("GET", "/jobs", params={"limit": int(limit)}).get("jobs", []))
+        answer = self._json("GET", "/jobs", params={"limit": int(limit)})
+        return [Job.from_json(j) for j in (answer.get("jobs", []) if isinstance(answer, dict) else [])]
 
     def job_log(self, job_id: str, lines: int = 200) -> str:
         """``GET /v1/jobs/{id}/log``: the last ``lines`` lines of a job's log as text."""
         data, _ = self._send("GET", f"/jobs/{_quote(job_id)}/log", params={"lines": int(lines)}, accept="text/plain")
         return data.decode("utf-8", "replace")
 
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
+    def cancel_job(self, job_id: str) -> Job:
         """``POST /v1/jobs/{id}/cancel`` (202): stop a job's process tree; poll :meth:`job` until ``cancelled``."""
-        return self._json("POST", f"/jobs/{_quote(job_id)}/cancel")
+        return Job.from_json(self._json("POST", f"/jobs/{_quote(job_id)}/cancel"))
 
     # ------------------------------------------------------------------ models
 
-    def models(self) -> dict[str, Any]:
-        """``GET /v1/models``: ``{"active", "models": [{"version", "parent", "created", "active", "metrics"}]}``."""
-        return self._json("GET", "/models")
+    def models(self) -> ModelList:
+        """``GET /v1/models``: every model version (parent, creation time, metrics) and the active one."""
+        return ModelList.from_json(self._json("GET", "/models"))
 
-    def model(self, version: int) -> dict[str, Any]:
+    def model(self, version: int) -> ModelVersion:
         """``GET /v1/models/{version}``: one model version. 404 ``model_version`` if unknown."""
-        return self._json("GET", f"/models/{int(version)}")
+        return ModelVersion.from_json(self._json("GET", f"/models/{int(version)}"))
 
-    def activate_model(self, version: int) -> dict[str, Any]:
+    def activate_model(self, version: int) -> ModelVersion:
         """``POST /v1/models/{version}/activate``: make an existing version active (rollback)."""
-        return self._json("POST", f"/models/{int(version)}/activate")
+        return ModelVersion.from_json(self._json("POST", f"/models/{int(version)}/activate"))
 
-    def learning_curve(self) -> list[dict[str, Any]]:
-        """``GET /v1/learning-curve``: one point per model version, oldest first: ``version``, ``round``,
-        ``n_expert``, ``n_pseudo``, ``val_dice`` (mean validation Dice in [0, 1]), ``final_loss``, ``active``."""
-        return list(self._json("GET", "/learning-curve").get("points", []))
+    def learning_curve(self) -> list[CurvePoint]:
+        """``GET /v1/learning-curve``: one point per model version, oldest first (see :class:`CurvePoint`)."""
+        answer = self._json("GET", "/learning-curve")
+        points = answer.get("points") if isinstance(answer, dict) else None
+        if not isinstance(points, list):
+            raise ProtocolError("backend's learning curve lacks the list 'points'")
+        return [CurvePoint.from_json(p) for p in points]

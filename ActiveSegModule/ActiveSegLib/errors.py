@@ -14,6 +14,7 @@ __all__ = [
     "BackendUnavailableError",
     "BackendRequestError",
     "AuthenticationError",
+    "ProtocolError",
 ]
 
 
@@ -86,3 +87,8 @@ class BackendRequestError(ClientError):
 
 class AuthenticationError(BackendRequestError):
     """HTTP 401: the backend needs a bearer token and none, or the wrong one, was sent."""
+
+
+class ProtocolError(ClientError):
+    """The backend answered, but not in the shape the ``/v1`` protocol promises (a missing field, a wrong type):
+    an older or newer backend, or something else listening on that port."""

@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import bz2
 import logging
+import math
 import struct
 import zlib
 from collections.abc import Iterator
 
 from .errors import MrmlBridgeError
 
-__all__ = ["check_nrrd_bytes", "check_nifti_bytes", "check_image_bytes", "image_format"]
+__all__ = [
+    "NIFTI_SCALAR_TYPES",
+    "NIFTI_TRAILING_SLACK",
+    "check_nrrd_bytes",
+    "check_nifti_bytes",
+    "check_image_bytes",
+    "image_format",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,33 +93,27 @@ def _chunks(data: bytes) -> Iterator[bytes]:
         yield view[start:start + _CHUNK].tobytes()
 
 
-def _gunzip_length(data: bytes, what: str) -> tuple[int, bytes]:
+def _gunzip_length(data: bytes, what: str, limit: int | None = None) -> tuple[int, bytes]:
     """Decompressed length of gzip data (concatenated members allowed) and its first decompressed bytes.
+
+    Output is produced in bounded pieces (4 MiB), so a decompression bomb never fills memory; with ``limit`` the
+    count stops, with an error, as soon as it exceeds ``limit`` bytes.
 
     Args:
         data: gzip bytes.
         what: file name for messages.
+        limit: most decompressed bytes accepted (``None``: no limit).
 
     Returns:
         (number of decompressed bytes, the first up-to-1024 decompressed bytes).
 
     Raises:
-        MrmlBridgeError: corrupt or truncated gzip data.
+        MrmlBridgeError: corrupt or truncated gzip data, or more than ``limit`` decompressed bytes.
     """
     total, head, pos = 0, b"", 0
     decompressor = zlib.decompressobj(wbits=31)  # 31: gzip wrapper only
     try:
         while True:
-            if pos >= len(data):
-                if not decompressor.eof:
-                    raise MrmlBridgeError(f"{what}: gzip data ends early (file truncated?)")
-                return total, head
-            chunk = data[pos:pos + _CHUNK]
-            pos += len(chunk)
-            out = decompressor.decompress(chunk)
-            if len(head) < 1024:
-                head += out[: 1024 - len(head)]
-            total += len(out)
             if decompressor.eof:
                 # Bytes after the end of a member start another member (gzip allows concatenation);
                 # trailing zero padding is tolerated like gzip(1) does.
@@ -119,8 +121,34 @@ def _gunzip_length(data: bytes, what: str) -> tuple[int, bytes]:
                 if not data[pos:].strip(b"\0"):
                     return total, head
                 decompressor = zlib.decompressobj(wbits=31)
+            if pos >= len(data):
+                raise MrmlBridgeError(f"{what}: gzip data ends early (file truncated?)")
+            chunk = data[pos:pos + _CHUNK]
+            pos += len(chunk)
+            while chunk and not decompressor.eof:
+                out = decompressor.decompress(chunk, 1 << 22)
+                if len(head) < 1024:
+                    head += out[: 1024 - len(head)]
+                total += len(out)
+                if limit is not None and total > limit:
+                    raise MrmlBridgeError(f"{what}: decompressed data exceeds the {limit} bytes its header allows")
+                chunk = decompressor.unconsumed_tail  # (after the member's end, the rest is in unused_data)
     except zlib.error as exc:
         raise MrmlBridgeError(f"{what}: corrupt gzip data ({exc})") from exc
+
+
+def _gunzip_head(data: bytes, what: str, size: int = 1024) -> bytes:
+    """The first ``size`` decompressed bytes of gzip data (fewer if the stream is shorter)."""
+    decompressor = zlib.decompressobj(wbits=31)
+    head, pos = b"", 0
+    try:
+        while len(head) < size and pos < len(data) and not decompressor.eof:
+            head += decompressor.decompress(data[pos:pos + 4096], size - len(head))
+            tail = decompressor.unconsumed_tail
+            pos += 4096 - len(tail) if tail else 4096
+    except zlib.error as exc:
+        raise MrmlBridgeError(f"{what}: corrupt gzip data ({exc})") from exc
+    return head
 
 
 def _bunzip_length(data: bytes, what: str) -> int:
@@ -219,40 +247,70 @@ def check_nrrd_bytes(data: bytes, what: str = "file", dimensions: tuple[int, ...
         )
 
 
+# NIfTI datatype code -> bits per voxel: the scalar types ITK reads as single-component images. The backend's
+# list (activeseg.io.nifti_integrity.NIFTI_SCALAR_TYPES); Testing/module/test_protocol_agreement.py compares them.
+NIFTI_SCALAR_TYPES: dict[int, int] = {2: 8, 4: 16, 8: 32, 16: 32, 64: 64, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64}
+
+# Decompressed bytes a NIfTI stream may hold beyond header + voxel data before it is refused (a bomb's tail).
+NIFTI_TRAILING_SLACK = 1 << 20
+
+
 def _parse_nifti_header(head: bytes, what: str) -> int:
-    """Bytes a single-file NIfTI-1/2 needs (``vox_offset`` + voxel data), from its first 540+ bytes."""
-    if len(head) >= 4:
-        for endian in ("<", ">"):
-            (sizeof_hdr,) = struct.unpack(endian + "i", head[:4])
-            if sizeof_hdr == 348 and len(head) >= 348:
-                magic = head[344:348]
-                if magic != b"n+1\0":
-                    raise MrmlBridgeError(
-                        f"{what}: NIfTI-1 magic {magic!r} is not a single-file '.nii' (n+1); .hdr/.img pairs "
-                        "and ANALYZE files are not supported"
-                    )
-                dim = struct.unpack(endian + "8h", head[40:56])
-                bitpix = struct.unpack(endian + "h", head[72:74])[0]
-                vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
-                break
-            if sizeof_hdr == 540 and len(head) >= 540:
-                if head[4:8] != b"n+2\0":
-                    raise MrmlBridgeError(f"{what}: NIfTI-2 magic {head[4:8]!r} is not a single-file '.nii' (n+2)")
-                bitpix = struct.unpack(endian + "h", head[14:16])[0]
-                dim = struct.unpack(endian + "8q", head[16:80])
-                vox_offset = struct.unpack(endian + "q", head[168:176])[0]
-                break
-        else:
-            raise MrmlBridgeError(f"{what}: not a NIfTI file (bad header size field)")
+    """Bytes a single-file NIfTI-1/2 must hold (``vox_offset`` + voxel data), from its first 540+ bytes.
+
+    The same rules as the backend's ``parse_nifti_header`` (the protocol: an image one side accepts, the other
+    does too): single-file magic, ``dim[0]`` in 1-7 and every dimension >= 1, a scalar datatype with its own
+    ``bitpix``, ``vox_offset`` past the header, finite non-zero spacing and finite intensity scaling.
+    """
+    if len(head) < 348:
+        raise MrmlBridgeError(f"{what}: not a NIfTI file ({len(head)} bytes is shorter than a NIfTI header)")
+    for endian in ("<", ">"):
+        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+        if sizeof_hdr in (348, 540):
+            break
     else:
-        raise MrmlBridgeError(f"{what}: not a NIfTI file (too short)")
+        raise MrmlBridgeError(f"{what}: not a NIfTI file (header size field {struct.unpack('<i', head[:4])[0]}, "
+                              "expected 348 or 540)")
+    if sizeof_hdr == 348:
+        if head[344:348] != b"n+1\0":
+            raise MrmlBridgeError(f"{what}: NIfTI-1 magic {head[344:348]!r} is not a single-file '.nii' (n+1); "
+                                  ".hdr/.img pairs and ANALYZE files are not supported")
+        dim = struct.unpack(endian + "8h", head[40:56])
+        datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+        pixdim = struct.unpack(endian + "8f", head[76:108])
+        offset = struct.unpack(endian + "f", head[108:112])[0]
+        scaling = struct.unpack(endian + "2f", head[112:120])
+        if not math.isfinite(offset) or offset != int(offset):
+            raise MrmlBridgeError(f"{what}: bad NIfTI header (vox_offset {offset} is not a whole byte offset)")
+        vox_offset, minimum = int(offset), 352
+    else:
+        if len(head) < 540:
+            raise MrmlBridgeError(f"{what}: not a NIfTI-2 file ({len(head)} bytes is shorter than its header)")
+        if head[4:8] != b"n+2\0":
+            raise MrmlBridgeError(f"{what}: NIfTI-2 magic {head[4:8]!r} is not a single-file '.nii' (n+2)")
+        datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+        dim = struct.unpack(endian + "8q", head[16:80])
+        pixdim = struct.unpack(endian + "8d", head[104:168])
+        vox_offset, minimum = struct.unpack(endian + "q", head[168:176])[0], 544
+        scaling = struct.unpack(endian + "2d", head[176:192])
     ndim = dim[0]
-    if not 1 <= ndim <= 7 or any(d < 1 for d in dim[1:ndim + 1]) or bitpix <= 0 or bitpix % 8:
-        raise MrmlBridgeError(f"{what}: bad NIfTI header (dim={list(dim)}, bitpix={bitpix})")
+    if not 1 <= ndim <= 7 or any(d < 1 for d in dim[1:ndim + 1]):
+        raise MrmlBridgeError(f"{what}: bad NIfTI header (dim={list(dim)})")
+    if datatype not in NIFTI_SCALAR_TYPES:
+        raise MrmlBridgeError(f"{what}: unsupported NIfTI datatype {datatype} (a scalar integer or float type "
+                              "is expected)")
+    if bitpix != NIFTI_SCALAR_TYPES[datatype]:
+        raise MrmlBridgeError(f"{what}: bad NIfTI header (bitpix {bitpix} does not match datatype {datatype})")
+    if vox_offset < minimum:
+        raise MrmlBridgeError(f"{what}: bad NIfTI header (vox_offset {vox_offset} lies inside the header)")
+    spacing = pixdim[1:min(ndim, 3) + 1]
+    if not all(math.isfinite(v) and v != 0 for v in spacing) or not all(math.isfinite(v) for v in scaling):
+        raise MrmlBridgeError(f"{what}: bad NIfTI header (spacing {list(spacing)} or scaling {list(scaling)} "
+                              "not finite)")
     count = 1
     for size in dim[1:ndim + 1]:
         count *= size
-    return max(vox_offset, 348) + count * (bitpix // 8)
+    return vox_offset + count * (bitpix // 8)
 
 
 def check_nifti_bytes(data: bytes, gzipped: bool, what: str = "file") -> None:
@@ -270,9 +328,14 @@ def check_nifti_bytes(data: bytes, gzipped: bool, what: str = "file") -> None:
     if gzipped:
         if not data.startswith(b"\x1f\x8b"):
             raise MrmlBridgeError(f"{what}: not gzip-compressed although named .gz")
-        found, head = _gunzip_length(data, what)
+        # The header first (from the first decompressed bytes), then the whole stream against its promise.
+        head = _gunzip_head(data, what)
+        expected = _parse_nifti_header(head, what)
+        found, _ = _gunzip_length(data, what, limit=expected + NIFTI_TRAILING_SLACK)
     else:
-        found, head = len(data), data[:1024]
-    expected = _parse_nifti_header(head, what)
+        expected = _parse_nifti_header(data[:1024], what)
+        found = len(data)
+        if found > expected + NIFTI_TRAILING_SLACK:
+            raise MrmlBridgeError(f"{what}: {found} bytes, more than the {expected} its NIfTI header declares")
     if found < expected:
         raise MrmlBridgeError(f"{what}: NIfTI data too short: {found} of {expected} expected bytes (file truncated?)")

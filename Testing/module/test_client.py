@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from ActiveSegLib import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError
+from ActiveSegLib import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError, ProtocolError
 from ActiveSegLib.client import ActiveSegClient, Download
 from ActiveSegLib.launcher import BackendLauncher
+from ActiveSegLib.responses import Case, CaseList, CurvePoint, Info, Job, ModelList, Queue
 
 from .backend_support import fixture, ground_truth_path, make_store
 
@@ -47,10 +48,10 @@ def client(backend: tuple[str, Path]) -> ActiveSegClient:
 
 def test_info_matches_the_fixture_shape(client: ActiveSegClient) -> None:
     info = client.info()
-    assert set(fixture("info")) <= set(info)
-    assert info["labels"] == {"1": "lung", "2": "lesion"}
-    assert info["auth_required"] is True and info["counts"]["total"] == 4
-    assert client.health() == {"status": "ok"}
+    assert isinstance(info, Info)
+    assert info.labels == {1: "lung", 2: "lesion"}
+    assert info.auth_required is True and info.counts["total"] == 4 and info.active_model is None
+    assert client.health() == "ok"
 
 
 def test_wrong_or_missing_token_is_an_authentication_error(backend: tuple[str, Path]) -> None:
@@ -74,33 +75,33 @@ def test_unknown_case_carries_the_backend_message(client: ActiveSegClient) -> No
 
 
 def test_cases_image_and_lease_round_trip(client: ActiveSegClient) -> None:
-    cases = client.cases()["cases"]
-    assert len(cases) == 4 and set(fixture("case")) == set(cases[0])
-    case_id = next(c["case_id"] for c in cases if c["split"] == "train")
+    cases = client.cases().cases
+    assert len(cases) == 4 and all(isinstance(c, Case) for c in cases)
+    case_id = next(c.case_id for c in cases if c.split == "train")
     image = client.download_image(case_id)
     assert isinstance(image, Download) and image.suffix == ".nii.gz" and image.data[:2] == b"\x1f\x8b"
-    assert client.queue() == {"active_model": None, "items": []}  # nothing ranked yet
+    assert client.queue() == Queue(active_model=None, items=[])  # nothing ranked yet
     cold = client.lease_next("alice")  # cold start: an unlabelled training case, leased to alice
-    assert cold is not None and cold["split"] == "train" and cold["lease_holder"] == "alice"
-    client.release(cold["case_id"], "alice")
+    assert cold is not None and cold.split == "train" and cold.lease_holder == "alice"
+    client.release(cold.case_id, "alice")
     leased = client.lease(case_id, "alice")
-    assert leased["lease_holder"] == "alice"
+    assert leased.lease_holder == "alice"
     with pytest.raises(BackendRequestError) as caught:
         client.lease(case_id, "bob")
     assert caught.value.status == 409 and caught.value.code == fixture("error_leased")["error"]["code"]
     assert "alice" in caught.value.message
-    assert client.release(case_id, "alice")["lease_holder"] is None
+    assert client.release(case_id, "alice").lease_holder is None
 
 
 def test_submit_label_and_errors_on_bad_uploads(client: ActiveSegClient, backend: tuple[str, Path]) -> None:
-    case_id = next(c["case_id"] for c in client.cases(split="train")["cases"] if c["state"] == "unlabeled")
+    case_id = next(c.case_id for c in client.cases(split="train").cases if c.state == "unlabeled")
     with pytest.raises(BackendRequestError) as bad:
         client.submit_label(case_id, b"not a nifti file", "alice", file_format=".nii.gz")
     assert bad.value.status == 422 and bad.value.code == fixture("error_unreadable_image")["error"]["code"]
-    assert client.case(case_id)["state"] == "unlabeled"  # nothing changed
+    assert client.case(case_id).state == "unlabeled"  # nothing changed
     data = ground_truth_path(backend[1], case_id).read_bytes()
     submitted = client.submit_label(case_id, data, "alice", file_format=".nii.gz")
-    assert submitted["state"] == "labeled" and submitted["has_label"] is True
+    assert submitted.state == "labeled" and submitted.has_label is True
     label = client.download_label(case_id)
     assert label.data.startswith(b"NRRD") and label.suffix == ".seg.nrrd"
     with pytest.raises(ValueError):
@@ -108,12 +109,16 @@ def test_submit_label_and_errors_on_bad_uploads(client: ActiveSegClient, backend
 
 
 def test_prediction_absent_is_none_and_jobs_models_answer(client: ActiveSegClient) -> None:
-    case_id = client.cases()["cases"][0]["case_id"]
-    assert client.download_prediction(case_id) is None  # endpoint not served (yet): degrade, do not raise
+    case_id = client.cases().cases[0].case_id
+    assert client.download_prediction(case_id) is None  # no ranking yet: degrade, do not raise
+    assert client.download_uncertainty(case_id) is None  # no ranking yet: no map
+    with pytest.raises(BackendRequestError) as unknown:
+        client.download_uncertainty("phantom_999")
+    assert unknown.value.status == 404 and unknown.value.code == "unknown_case"
     with pytest.raises(BackendRequestError) as no_pseudo:
         client.download_pseudo(case_id)
     assert no_pseudo.value.status == 409
-    assert client.models() == {"active": None, "models": []}
+    assert client.models() == ModelList(active=None, models=[])
     assert client.learning_curve() == []
     assert client.jobs() == []
     with pytest.raises(BackendRequestError) as unknown_job:
@@ -214,10 +219,14 @@ def test_fixture_bodies_parse_and_token_header_is_sent(stub: tuple[str, type[_St
         ("GET", "/v1/cases/phantom_003/pseudo"): (200, b"NRRD0004\n"),
     })
     client = ActiveSegClient(url + "/v1/", token="abc")  # a trailing /v1 is tolerated
-    assert client.queue() == fixture("queue")
-    assert client.lease_next("alice") == fixture("queue_next")["case"]
-    assert client.start_train()["job_id"] == fixture("job_started")["job_id"]
-    assert client.learning_curve() == fixture("learning_curve")["points"]
+    queue = client.queue()
+    assert queue == Queue.from_json(fixture("queue"))
+    assert [i.rank for i in queue.items] == [1, 2, 3, 4] and queue.items[2].case.mdsc == pytest.approx(0.45477, 1e-4)
+    assert client.lease_next("alice") == Case.from_json(fixture("queue_next")["case"])
+    started = client.start_train()
+    assert isinstance(started, Job) and started.job_id == fixture("job_started")["job_id"] and not started.done
+    assert client.learning_curve() == [CurvePoint(version=1, active=True, round=1, n_expert=3, n_pseudo=0,
+                                                  val_dice=None, final_loss=pytest.approx(2.11298, 1e-4))]
     pseudo = client.download_pseudo("phantom_003")
     assert pseudo.data == b"NRRD0004\n" and pseudo.suffix == ".seg.nrrd"
     with pytest.raises(BackendRequestError) as caught:
@@ -241,3 +250,41 @@ def test_case_ids_are_escaped_and_non_json_errors_are_typed(stub: tuple[str, typ
     with pytest.raises(BackendRequestError):
         client.case("../info")
     assert handler.seen[-1]["path"] == "/v1/cases/..%2Finfo"
+
+
+def test_every_fixture_body_parses_into_its_typed_response() -> None:
+    """The protocol's recorded answers parse into the module's dataclasses (so a change of the server's
+    answers that the module relies on fails here, not in front of a radiologist)."""
+    info = Info.from_json(fixture("info"))
+    assert info.labels == {1: "lung", 2: "lesion"} and info.counts["total"] == 8 and info.running_job is None
+    assert CaseList.from_json(fixture("cases")).cases[0].case_id.startswith("phantom_")
+    succeeded = Job.from_json(fixture("job_succeeded"))
+    assert succeeded.done and succeeded.model_version == 1 and succeeded.progress.history[0].epoch == 1
+    assert [j.job_id for j in (Job.from_json(j) for j in fixture("jobs")["jobs"])] == [succeeded.job_id]
+    models = ModelList.from_json(fixture("models"))
+    assert models.active == 1 and models.models[0].metrics["n_expert"] == 3
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"case_id": "x"}, "lacks the field 'state'"),
+    (["not", "an", "object"], "list where case"),
+])
+def test_answers_missing_protocol_fields_are_protocol_errors(body: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        Case.from_json(body)
+    assert issubclass(ProtocolError, ClientError)  # the widget shows it like any backend error
+
+
+def test_unknown_fields_from_a_newer_backend_are_ignored() -> None:
+    case = Case.from_json({**fixture("case"), "added_in_v2": 1})
+    assert case == Case.from_json(fixture("case"))
+
+
+def test_uncertainty_download_is_none_when_absent(stub: tuple[str, type[_Stub]]) -> None:
+    url, handler = stub
+    handler.routes[("GET", "/v1/cases/phantom_003/uncertainty")] = (409, {"error": {"code": "invalid_state",
+                                                                                    "message": "no map"}})
+    handler.routes[("GET", "/v1/cases/phantom_004/uncertainty")] = (200, b"NRRD0004\n")
+    client = ActiveSegClient(url)
+    assert client.download_uncertainty("phantom_003") is None
+    assert client.download_uncertainty("phantom_004").data == b"NRRD0004\n"

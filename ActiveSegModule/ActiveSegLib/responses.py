@@ -1,0 +1,333 @@
+"""Typed answers of the backend's ``/v1`` API (frozen dataclasses), parsed from its JSON. Stdlib only.
+
+Each class mirrors one of the backend's response schemas (``activeseg.api.schemas``: ``InfoOut``, ``CaseOut``,
+``QueueOut``, ``JobOut``, ``ModelOut``, ``CurvePoint``...); ``Testing/module/test_protocol_agreement.py`` checks
+that the field names agree. Parsing is strict about what the module relies on (a missing required field raises
+:class:`~ActiveSegLib.errors.ProtocolError` naming it) and tolerant of additions (unknown fields are ignored, so a
+newer backend still works).
+
+Times are POSIX seconds; fractions and Dice values are in [0, 1]; volumes (``foreground_ml``) in millilitres.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import ProtocolError
+from .protocol import FINISHED_JOB_STATES
+
+__all__ = [
+    "Info",
+    "Case",
+    "CaseList",
+    "QueueItem",
+    "Queue",
+    "EpochPoint",
+    "JobProgress",
+    "Job",
+    "ModelVersion",
+    "ModelList",
+    "CurvePoint",
+]
+
+_T = TypeVar("_T")
+
+
+def _fields(cls: type[_T], data: Any, what: str, **converted: Any) -> _T:
+    """``cls(**...)`` from a JSON object: required fields must be present, unknown ones are dropped."""
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"backend sent {type(data).__name__} where {what} (a JSON object) was expected")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in converted:
+            values[f.name] = converted[f.name]
+        elif f.name in data:
+            values[f.name] = data[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ProtocolError(f"backend's {what} lacks the field {f.name!r} (protocol mismatch: is it an older "
+                                f"or newer ActiveSeg backend?)")
+    return cls(**values)
+
+
+def _list(data: Any, key: str, what: str) -> list[Any]:
+    if not isinstance(data, Mapping) or not isinstance(data.get(key), list):
+        raise ProtocolError(f"backend's {what} lacks the list {key!r}")
+    return list(data[key])
+
+
+@dataclass(frozen=True)
+class Info:
+    """``GET /v1/info``.
+
+    Attributes:
+        version: the backend's version. device: where jobs run (``cpu``, ``cuda:0 (...)``).
+        labels: class value -> name, background (0) excluded.
+        active_model: active model version, or ``None`` before the first training round.
+        counts: cases per state, plus ``total`` and ``val``.
+        running_job: id of the running job, or ``None``.
+        auth_required: whether requests need a bearer token. max_upload_bytes: largest label upload accepted.
+    """
+
+    version: str
+    device: str
+    labels: dict[int, str]
+    active_model: int | None
+    counts: dict[str, int]
+    running_job: str | None
+    auth_required: bool = False
+    max_upload_bytes: int = 0
+    name: str = "activeseg"
+    api_version: str = "v1"
+
+    @classmethod
+    def from_json(cls, data: Any) -> Info:
+        """Parse an ``/v1/info`` object (label keys arrive as strings)."""
+        if not isinstance(data, Mapping):
+            raise ProtocolError(f"backend sent {type(data).__name__} where info (a JSON object) was expected")
+        raw = data.get("labels")
+        try:
+            labels = {int(k): str(v) for k, v in (raw or {}).items() if int(k) != 0}
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"backend's info has label values that are not integers: {raw!r}") from exc
+        return _fields(cls, data, "info", labels=labels, counts={str(k): int(v) for k, v in
+                                                                   dict(data.get("counts") or {}).items()})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case (``GET /v1/cases/{id}`` and wherever a case is returned).
+
+    Attributes:
+        case_id: the case. split: ``train`` or ``val``. state: one of :data:`~ActiveSegLib.protocol.CASE_STATES`.
+        has_label / label_source / no_finding: its expert or accepted label, if any.
+        has_pseudo / pseudo_model: its pending pseudo-label and the model version that wrote it.
+        lease_holder / lease_expires: who holds it until when (POSIX s), if anyone.
+        mdsc: M-DSC under the active model (low = uncertain). confidence: mean max-softmax in [0, 1].
+        foreground_ml: predicted foreground volume, ml. route: ``strong``, ``weak`` or ``None`` before ranking.
+    """
+
+    case_id: str
+    state: str
+    split: str = "train"
+    has_label: bool = False
+    label_source: str | None = None
+    no_finding: bool = False
+    has_pseudo: bool = False
+    pseudo_model: int | None = None
+    lease_holder: str | None = None
+    lease_expires: float | None = None
+    mdsc: float | None = None
+    confidence: float | None = None
+    foreground_ml: float | None = None
+    route: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Case:
+        """Parse a case object."""
+        return _fields(cls, data, "case")
+
+
+@dataclass(frozen=True)
+class CaseList:
+    """``GET /v1/cases``: the cases (by id) and the active model version."""
+
+    active_model: int | None
+    cases: list[Case]
+
+    @classmethod
+    def from_json(cls, data: Any) -> CaseList:
+        return _fields(cls, data, "case list", cases=[Case.from_json(c) for c in _list(data, "cases", "case list")])
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One place in the strong queue: 1-based ``rank`` (most uncertain first) and the case."""
+
+    rank: int
+    case: Case
+
+
+@dataclass(frozen=True)
+class Queue:
+    """``GET /v1/queue``: the strong queue under ``active_model``, most uncertain first."""
+
+    active_model: int | None
+    items: list[QueueItem]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Queue:
+        items = []
+        for item in _list(data, "items", "queue"):
+            if not isinstance(item, Mapping) or not isinstance(item.get("rank"), int):
+                raise ProtocolError(f"backend's queue item has no integer 'rank': {item!r}"[:300])
+            items.append(QueueItem(rank=int(item["rank"]), case=Case.from_json(item.get("case"))))
+        return _fields(cls, data, "queue", items=items)
+
+
+@dataclass(frozen=True)
+class EpochPoint:
+    """One finished epoch of a training job: mean loss and validation Dice (``None`` without validation labels)."""
+
+    epoch: int | None = None
+    loss: float | None = None
+    val_dice: float | None = None
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A running job's progress.
+
+    Attributes:
+        phase: ``starting``, ``train``, ``validate``, ``rank``, ``pseudo-label``, ``done``.
+        epoch / epochs, step / steps: 1-based counters, when known.
+        loss: current mean training loss. val_dice: last validation Dice in [0, 1].
+        eta_s / elapsed_s: seconds. history: this job's finished epochs (a live loss/Dice curve).
+    """
+
+    phase: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    loss: float | None = None
+    val_dice: float | None = None
+    eta_s: float | None = None
+    elapsed_s: float | None = None
+    history: list[EpochPoint] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobProgress:
+        data = data if isinstance(data, Mapping) else {}
+        history = [_fields(EpochPoint, p, "epoch point") for p in data.get("history") or []]
+        return _fields(cls, data, "job progress", history=history)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job (``GET /v1/jobs/{id}``).
+
+    Attributes:
+        job_id: its id. kind: ``train``, ``rank`` or ``pseudo-label``.
+        status: ``running`` or one of :data:`~ActiveSegLib.protocol.FINISHED_JOB_STATES`.
+        progress: see :class:`JobProgress`. error: the failure's message. log_tail: its last log lines.
+        result: what it produced (``model_version``, ranking summary...), once succeeded.
+        params / created / started / finished / updated / cancel_requested: bookkeeping (POSIX s).
+    """
+
+    job_id: str
+    kind: str
+    status: str
+    progress: JobProgress = field(default_factory=JobProgress)
+    error: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    updated: float | None = None
+    cancel_requested: bool = False
+
+    @classmethod
+    def from_json(cls, data: Any) -> Job:
+        progress = JobProgress.from_json(data.get("progress") if isinstance(data, Mapping) else None)
+        return _fields(cls, data, "job", progress=progress)
+
+    @property
+    def done(self) -> bool:
+        """Whether the job finished (no further change will come)."""
+        return self.status in FINISHED_JOB_STATES
+
+    @property
+    def model_version(self) -> int | None:
+        """The model version a succeeded training round registered, if any."""
+        value = (self.result or {}).get("model_version")
+        return int(value) if isinstance(value, int) else None
+
+    def describe(self) -> tuple[float | None, str]:
+        """Completed fraction and a one-line summary for a progress bar and label.
+
+        Returns:
+            (fraction in [0, 1] or ``None`` when unknown, text such as ``"train: train, epoch 2/5, step 3/10,
+            loss 0.412, ETA 1 min 5 s"``).
+        """
+        if self.done:
+            text = f"{self.kind} {self.status}"
+            if self.status != "succeeded" and self.error:
+                text += f": {self.error}"
+            return (1.0 if self.status == "succeeded" else None), text
+        p = self.progress
+        phase = p.phase or self.status
+        fraction: float | None = None
+        parts = [f"{self.kind}: {phase}"]
+        if p.epoch and p.epochs:
+            parts.append(f"epoch {p.epoch}/{p.epochs}")
+            per_epoch = p.steps or 1
+            within = per_epoch if phase == "validate" else (p.step or 0)  # validation follows a finished epoch
+            fraction = min(1.0, max(0.0, ((p.epoch - 1) * per_epoch + within) / (p.epochs * per_epoch)))
+        if p.step and p.steps:
+            parts.append(f"step {p.step}/{p.steps}")
+        if isinstance(p.loss, (int, float)):
+            parts.append(f"loss {p.loss:.3f}")
+        if isinstance(p.val_dice, (int, float)):
+            parts.append(f"val Dice {p.val_dice:.3f}")
+        if isinstance(p.eta_s, (int, float)) and math.isfinite(p.eta_s):
+            minutes, seconds = divmod(int(round(p.eta_s)), 60)
+            parts.append(f"ETA {minutes} min {seconds} s" if minutes else f"ETA {seconds} s")
+        return fraction, ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A model version (``GET /v1/models/{version}``): its parent, creation time (POSIX s) and round metrics."""
+
+    version: int
+    active: bool
+    parent: int | None = None
+    created: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModelVersion:
+        return _fields(cls, data, "model version")
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """``GET /v1/models``: every version and the active one."""
+
+    active: int | None
+    models: list[ModelVersion]
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModelList:
+        models = [ModelVersion.from_json(m) for m in _list(data, "models", "model list")]
+        return _fields(cls, data, "model list", models=models)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of the learning curve (one model version), ``GET /v1/learning-curve``.
+
+    Attributes:
+        version: model version. round: its training round.
+        n_expert / n_pseudo: expert (and accepted) labels and pseudo-labels it was trained on, if known.
+        val_dice: mean Dice on the fixed validation split in [0, 1], or ``None`` (no validation labels yet).
+        final_loss: the last epoch's mean training loss. active: whether it is the active version.
+    """
+
+    version: int
+    active: bool
+    round: int | None = None
+    n_expert: int | None = None
+    n_pseudo: int | None = None
+    val_dice: float | None = None
+    final_loss: float | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> CurvePoint:
+        return _fields(cls, data, "learning-curve point")
