@@ -14,15 +14,12 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from activeseg.config import Config
 from activeseg.cli.console import ProgressBar, format_table
-from activeseg.store.datastore import Datastore
 from activeseg.store.cases import CaseState
 from activeseg.errors import DatastoreError
-from activeseg.io.volumes import read_volume
 from activeseg.store.initialise import init_datastore
+from activeseg.experiments.oracle import SimulatedRadiologist
 from activeseg.experiments.phantoms import write_phantom_dataset
 from activeseg.experiments.plotting import plot_learning_curve
 from activeseg.pipeline.ranking_round import rank_round
@@ -58,18 +55,6 @@ def demo_config() -> Config:
     return config
 
 
-class SimulatedRadiologist:
-    """Answers label requests from the phantoms' ground truth (the oracle of a simulation)."""
-
-    def __init__(self, labels_dir: Path) -> None:
-        self.labels_dir = labels_dir
-
-    def label(self, store: Datastore, case_id: str) -> None:
-        """Submit the ground-truth label of ``case_id`` as an expert label."""
-        truth = read_volume(self.labels_dir / f"{case_id}.nii.gz", dtype=np.uint8)
-        store.submit_label(case_id, truth, no_finding=not truth.array.any(), annotator="simulated-radiologist")
-
-
 def run_demo(
     out: Path, cases: int = 24, rounds: int = 3, initial_labels: int = 4, seed: int = 0, progress: bool = True,
     config: Config | None = None, shape: tuple[int, int, int] = (32, 64, 64),
@@ -93,7 +78,7 @@ def run_demo(
     logger.info("Generating %d phantoms in %s ...", cases, out / "phantoms")
     write_phantom_dataset(out / "phantoms", cases, seed=seed, shape=shape)
     store, _ = init_datastore(out / "store", out / "phantoms", config=config or demo_config(), seed=seed)
-    radiologist = SimulatedRadiologist(out / "phantoms" / "labelsTr")
+    radiologist = SimulatedRadiologist.from_folder(out / "phantoms" / "labelsTr")
     for record in store.cases(split="val"):
         radiologist.label(store, record.case_id)
     for record in store.cases(split="train")[:initial_labels]:

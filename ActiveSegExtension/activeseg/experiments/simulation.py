@@ -63,7 +63,9 @@ from activeseg.model.predictor import load_checkpoint, predict_heads, select_dev
 from activeseg.store.initialise import init_datastore
 from activeseg.model.preprocessing import normalise_intensity
 from activeseg.store.sources import find_source
+from activeseg.experiments.oracle import SimulatedRadiologist
 from activeseg.experiments.strategies import STRATEGIES, get_strategy
+from activeseg.method.metrics import dice_per_class, summarise_dice
 from activeseg.pipeline.training_round import train_round
 
 __all__ = ["SplitPlan", "plan_splits", "strategy_label", "evaluate_test_split", "simulate", "load_results"]
@@ -130,37 +132,22 @@ def evaluate_test_split(
 
     Returns:
         ``{"per_class": {name: mean Dice}, "mean": mean over classes, "per_case": {id: {name: Dice}}}``.
-        A class absent from both truth and prediction of a case is not counted for that case (as
-        :func:`activeseg.pipeline.training_round.validation_dice`); a class never counted scores 1.
+        A class absent from both truth and prediction of a case is not counted for that case; a class
+        never counted scores 1 (the convention of :mod:`activeseg.method.metrics`, as validation uses).
     """
     model.eval()
-    per_class: dict[str, list[float]] = {name: [] for name in config.labels.values()}
+    scored: list[dict[int, float | None]] = []
     per_case: dict[str, dict[str, float]] = {}
     for case_id, image_path, label_path in cases:
         image = normalise_intensity(read_volume(image_path).array, config.intensity)
         truth = read_volume(label_path, dtype=np.uint8).array
         prediction = predict_heads(model, image, config.training.patch_size, device, config.training.amp).main.argmax(axis=0)
-        per_case[case_id] = {}
-        for value, name in config.labels.items():
-            in_truth, in_prediction = truth == value, prediction == value
-            total = int(in_truth.sum()) + int(in_prediction.sum())
-            if total:
-                dice = 2.0 * int(np.logical_and(in_truth, in_prediction).sum()) / total
-                per_class[name].append(dice)
-                per_case[case_id][name] = dice
-    means = {name: float(np.mean(v)) if v else 1.0 for name, v in per_class.items()}
-    return {"per_class": means, "mean": float(np.mean(list(means.values()))), "per_case": per_case}
-
-
-class _Oracle:
-    """The simulated radiologist: submits the dataset's ground truth as an expert label."""
-
-    def __init__(self, labels: dict[str, Path]) -> None:
-        self.labels = labels
-
-    def label(self, store: Datastore, case_id: str) -> None:
-        truth = read_volume(self.labels[case_id], dtype=np.uint8)
-        store.submit_label(case_id, truth, no_finding=not truth.array.any(), annotator="oracle")
+        dice = dice_per_class(prediction, truth, config.labels)
+        scored.append(dice)
+        per_case[case_id] = {config.labels[value]: d for value, d in dice.items() if d is not None}
+    summary = summarise_dice(scored, config.labels)
+    means = {name: summary[name] for name in config.labels.values()}
+    return {"per_class": means, "mean": summary["mean"], "per_case": per_case}
 
 
 def _write_subset_dataset(folder: Path, source_json: dict[str, Any], images: dict[str, Path], labels: dict[str, Path], ids: list[str]) -> Path:
@@ -276,7 +263,7 @@ def simulate(
     config = store.config
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
-    oracle = _Oracle(found.labels)
+    oracle = SimulatedRadiologist(found.labels)
     val_ids = [c.case_id for c in store.cases(split="val")]
     pool = [c.case_id for c in store.cases(split="train")]
     assert not set(plan.test) & set(pool + val_ids), "test cases leaked into the datastore"

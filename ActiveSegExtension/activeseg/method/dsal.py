@@ -7,9 +7,9 @@ Deviations, documented here and in the README's "Methods":
 
 * Multi-class Dice averages over the foreground classes present in *either* mask of the pair; a class
   absent from both is skipped, so absent classes do not inflate agreement. When no foreground class is
-  present in either mask the pair's Dice is 1 (the convention). That biases M-DSC towards "certain" on
-  volumes where nothing is found, so (a) cases whose main head predicts no foreground are never
-  pseudo-labelled (an empty pseudo-label would teach "nothing here" unchecked), and (b) with
+  present in either mask the pair's Dice is 1 (the convention of :mod:`activeseg.method.metrics`). That
+  biases M-DSC towards "certain" on volumes where nothing is found, so (a) cases whose main head predicts
+  no foreground are never pseudo-labelled (an empty pseudo-label would teach "nothing here" unchecked), and (b) with
   ``foreground_tiebreak`` ties in M-DSC rank the less confident case as more uncertain.
 * The weak set's confidence histogram spans the scored cases' [min, max] confidence in
   ``confidence_bins`` equal bins; candidates are the top bin's cases, excluding the strong set.
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from activeseg.config import DsalConfig
+from activeseg.method.metrics import mean_dice
 
 __all__ = ["CaseScore", "dice_agreement", "mdsc", "confidence", "weak_quota", "route_cases"]
 
@@ -44,18 +45,12 @@ class CaseScore:
 
 
 def dice_agreement(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Dice between two integer label arrays, averaged over foreground classes present in either.
+    """Dice between two integer label arrays of equal shape, averaged over the foreground classes
+    ``1 .. num_classes - 1`` present in either (:func:`activeseg.method.metrics.mean_dice`).
 
     Returns 1.0 when no foreground class is present in either array (two empty masks agree).
     """
-    scores = []
-    for value in range(1, num_classes):
-        in_a, in_b = a == value, b == value
-        total = int(in_a.sum()) + int(in_b.sum())
-        if total == 0:
-            continue
-        scores.append(2.0 * int(np.logical_and(in_a, in_b).sum()) / total)
-    return float(np.mean(scores)) if scores else 1.0
+    return mean_dice(a, b, range(1, num_classes))
 
 
 def mdsc(main: np.ndarray, auxiliaries: list[np.ndarray], num_classes: int) -> float:
