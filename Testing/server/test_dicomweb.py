@@ -24,7 +24,7 @@ from activeseg.io.dicom_seg import read_dicom_seg
 from activeseg.io.volumes import Volume
 from activeseg.store.datastore import Datastore
 from activeseg.store.dicom_index import DicomIndex
-from activeseg.store.dicom_writeback import flush_outbox, on_label_committed
+from activeseg.store.dicom_writeback import flush_outbox, wait_for_background_flush
 from activeseg.store.dicomweb_source import DicomwebError, DicomwebSource, RemoteSeries, init_from_dicomweb
 
 from ..dicom_support import DCMQI, TOTALSEG_DICOM, repaired_totalsegmentator_series, write_ct_series
@@ -124,8 +124,8 @@ def test_round_trip_label_to_dicom_seg_in_orthanc(pacs: Pacs, tmp_path: Path) ->
     store, _ = init_from_dicomweb(tmp_path / "store", pacs.server.dicomweb_url, series_uids=_synthetic_only(pacs))
     case_id = store.cases()[0].case_id
     label = _label_for(store, case_id)
-    store.submit_label(case_id, Volume(label, store.image_geometry(case_id)))
-    on_label_committed(store.root, case_id, background=False)
+    store.submit_label(case_id, Volume(label, store.image_geometry(case_id)))  # the datastore's hook sends it
+    assert wait_for_background_flush(store.root)
     series = DicomIndex(store.meta_dir).series(case_id)
     assert series is not None
     (seg,) = [s for s in _seg_instances(pacs, series.study_uid) if s.SOPInstanceUID in _outbox_sop_uids(store)]
@@ -153,6 +153,7 @@ def test_unreachable_pacs_keeps_the_label_and_retries(pacs: Pacs, tmp_path: Path
     before = len(_seg_instances(pacs, study_uid))  # the PACS is shared by this module's tests
     label = _label_for(store, case_id)
     store.submit_label(case_id, Volume(label, store.image_geometry(case_id)))
+    assert wait_for_background_flush(store.root)  # the hook's own try failed too
     report = flush_outbox(store, attempts=2, backoff_s=0.01)
     assert report.failed == [case_id]
     np.testing.assert_array_equal(store.load_label(case_id).array, label)  # nothing lost locally
@@ -168,7 +169,7 @@ import numpy as np
 from activeseg.io.volumes import Volume
 from activeseg.store import dicomweb_source
 from activeseg.store.datastore import Datastore
-from activeseg.store.dicom_writeback import on_label_committed
+from activeseg.store.dicom_writeback import wait_for_background_flush
 
 when = sys.argv[3]
 original = dicomweb_source.DicomwebSource.store_file
@@ -182,8 +183,8 @@ case_id = sys.argv[2]
 geometry = store.image_geometry(case_id)
 label = np.zeros(geometry.array_shape, dtype=np.uint8)
 label[1:-1, 2:7, 3:9] = 1
-store.submit_label(case_id, Volume(label, geometry))
-on_label_committed(store.root, case_id, background=False)
+store.submit_label(case_id, Volume(label, geometry))  # its hook starts the write-back in the background
+wait_for_background_flush(store.root)
 print("not killed")
 """
 
@@ -213,11 +214,32 @@ def test_backend_killed_during_stow_stores_once_after_restart(pacs: Pacs, tmp_pa
     np.testing.assert_array_equal(read_dicom_seg(ours, series, restarted.config.labels).array, expected)
 
 
-def _outbox_sop_uids(store: Datastore) -> list[str]:
+@dataclass
+class _Entry:
+    case_id: str
+    state: str
+    seg_sop_uid: str | None
+
+
+def _outbox(store: Datastore) -> list[_Entry]:
     import sqlite3
 
     with sqlite3.connect(DicomIndex(store.meta_dir).path) as connection:
-        return [row[0] for row in connection.execute("SELECT seg_sop_uid FROM outbox WHERE state = 'stored'")]
+        return [_Entry(*row) for row in connection.execute("SELECT case_id, state, seg_sop_uid FROM outbox")]
+
+
+def _outbox_sop_uids(store: Datastore) -> list[str]:
+    return [entry.seg_sop_uid for entry in _outbox(store) if entry.state == "stored" and entry.seg_sop_uid]
+
+
+def test_cli_init_from_orthanc(pacs: Pacs, tmp_path: Path) -> None:
+    from activeseg.cli.main import main
+
+    one = next(iter(pacs.synthetic))
+    assert main(["init", str(tmp_path / "store"), "--dicomweb", pacs.server.dicomweb_url, "--series", one]) == 0
+    assert Datastore(tmp_path / "store").counts()["total"] == 1
+    assert main(["init", str(tmp_path / "bad"), "--from", str(tmp_path), "--series", one]) == 2
+    assert main(["init", str(tmp_path / "dead"), "--dicomweb", "http://127.0.0.1:9/dicom-web"]) == 2
 
 
 def test_seg_in_pacs_imports_as_label_and_shared_ct_matches_folder_import(pacs: Pacs, tmp_path: Path) -> None:
@@ -248,6 +270,7 @@ def test_seg_in_pacs_imports_as_label_and_shared_ct_matches_folder_import(pacs: 
     assert flush_outbox(store).stored == []
     label = _label_for(store, twenty.case_id)
     store.submit_label(twenty.case_id, Volume((label > 0).astype(np.uint8), store.image_geometry(twenty.case_id)))
-    assert flush_outbox(store).stored == [twenty.case_id]
+    assert wait_for_background_flush(store.root)
+    assert [r.state for r in _outbox(store) if r.case_id == twenty.case_id] == ["stored"]
     assert not any("liver" in p.lower() and "not imported" in p for p in problems)
 

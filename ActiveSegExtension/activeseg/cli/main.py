@@ -26,10 +26,21 @@ logger = logging.getLogger("activeseg")
 
 
 def init_command(args: argparse.Namespace) -> int:
-    """Create a datastore from a folder of volumes or a dataset.json."""
+    """Create a datastore from a folder of volumes, a dataset.json, DICOM files or a DICOMweb server."""
+    from activeseg.errors import DatastoreError
     from activeseg.store.initialise import init_datastore
 
-    store, problems = init_datastore(args.store, args.source, args.with_labels, args.set, args.seed)
+    if args.dicomweb:
+        from activeseg.store.dicomweb_source import init_from_dicomweb
+
+        store, problems = init_from_dicomweb(
+            args.store, args.dicomweb, study_uids=tuple(args.study), series_uids=tuple(args.series), token=args.token,
+            with_labels=args.with_labels, overrides=args.set, seed=args.seed,
+        )
+    else:
+        if args.study or args.series:
+            raise DatastoreError("--study and --series apply to --dicomweb only")
+        store, problems = init_datastore(args.store, args.source, args.with_labels, args.set, args.seed)
     for problem in problems:
         logger.warning("%s", problem)
     counts = store.counts()
@@ -161,9 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", type=Path, required=True, metavar="STORE", help="the datastore folder")
         return sub
 
-    sub = commands.add_parser("init", help="create a datastore from volumes or an MSD dataset.json")
+    sub = commands.add_parser("init", help="create a datastore from volumes, an MSD dataset.json, DICOM files or a PACS")
     sub.add_argument("store", type=Path, help="datastore folder to create")
-    sub.add_argument("--from", dest="source", type=Path, required=True, help="folder of .nii.gz/.nrrd volumes, or a dataset.json")
+    origin = sub.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--from", dest="source", type=Path, help="folder of .nii.gz/.nrrd volumes, a dataset.json, or a folder of DICOM files")
+    origin.add_argument("--dicomweb", metavar="URL", help="DICOMweb root of a PACS, e.g. http://pacs:8042/dicom-web (CT series become cases)")
+    sub.add_argument("--study", action="append", default=[], metavar="UID", help="with --dicomweb: only this study (repeatable)")
+    sub.add_argument("--series", action="append", default=[], metavar="UID", help="with --dicomweb: only this series (repeatable)")
+    sub.add_argument("--token", default=os.environ.get("ACTIVESEG_DICOMWEB_TOKEN"),
+                     help="with --dicomweb: bearer token; default $ACTIVESEG_DICOMWEB_TOKEN (never stored)")
     sub.add_argument("--with-labels", action="store_true", help="import the dataset's labels as expert labels")
     sub.add_argument("--seed", type=int, default=0, help="seed of the fixed validation split")
     sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE", help="override a setting (repeatable)")

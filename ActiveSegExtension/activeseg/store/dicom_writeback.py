@@ -121,8 +121,15 @@ def _build(store: Datastore, index: DicomIndex, row: dict) -> Path:
     if series is None:
         raise ActiveSegError(f"case {row['case_id']!r} has no recorded DICOM series")
     label = read_volume(store.meta_dir / row["label_file"], dtype=np.uint8)
-    seg_series_uid = row["seg_series_uid"] or str(generate_uid(entropy_srcs=["activeseg-seg-series", series.series_uid]))
-    seg_sop_uid = row["seg_sop_uid"] or str(generate_uid())
+    key = (row["case_id"], row["label_file"])
+    with transaction(index.path, write=True) as connection:  # UIDs first, once: every build and retry reuses them
+        connection.execute(
+            "UPDATE outbox SET seg_series_uid = COALESCE(seg_series_uid, ?), seg_sop_uid = COALESCE(seg_sop_uid, ?)"
+            " WHERE case_id = ? AND label_file = ?",
+            (str(generate_uid(entropy_srcs=["activeseg-seg-series", series.series_uid])), str(generate_uid()), *key),
+        )
+        uids = connection.execute("SELECT seg_series_uid, seg_sop_uid FROM outbox WHERE case_id = ? AND label_file = ?", key).fetchone()
+    seg_series_uid, seg_sop_uid = uids["seg_series_uid"], uids["seg_sop_uid"]
     dataset = build_dicom_seg(
         label.array, index.headers(row["case_id"]), store.config.labels,
         series_instance_uid=seg_series_uid, sop_instance_uid=seg_sop_uid,
@@ -130,9 +137,6 @@ def _build(store: Datastore, index: DicomIndex, row: dict) -> Path:
         software_version=__version__,
     )
     relative = f"{SEG_DIR}/{row['case_id']}.{seg_sop_uid}.dcm"
-    with transaction(index.path, write=True) as connection:  # UIDs first: a retry reuses them
-        connection.execute("UPDATE outbox SET seg_series_uid = ?, seg_sop_uid = ? WHERE case_id = ? AND label_file = ?",
-                           (seg_series_uid, seg_sop_uid, row["case_id"], row["label_file"]))
     atomic_write(store.meta_dir / relative, lambda path: dataset.save_as(path, enforce_file_format=True))
     with transaction(index.path, write=True) as connection:
         connection.execute("UPDATE outbox SET seg_file = ? WHERE case_id = ? AND label_file = ?",
@@ -165,6 +169,14 @@ def flush_outbox(store: Datastore, source: DicomwebSource | None = None, attempt
     index = DicomIndex(store.meta_dir)
     if not _enabled(index):
         return report
+    with _lock:
+        flush_lock = _flush_locks.setdefault(Path(store.root), threading.Lock())
+    with flush_lock:  # one flush per datastore at a time in this process (others are safe: fixed UIDs)
+        return _flush(store, index, report, source, attempts, backoff_s)
+
+
+def _flush(store: Datastore, index: DicomIndex, report: WritebackReport, source: DicomwebSource | None,
+           attempts: int, backoff_s: float) -> WritebackReport:
     reconcile(store)
     settings = index.source()
     with transaction(index.path) as connection:
@@ -216,6 +228,7 @@ def flush_outbox(store: Datastore, source: DicomwebSource | None = None, attempt
 # ----------------------------------------------------------------- the hook and its background thread
 _workers: dict[Path, threading.Thread] = {}
 _again: set[Path] = set()
+_flush_locks: dict[Path, threading.Lock] = {}
 _lock = threading.Lock()
 
 

@@ -19,7 +19,7 @@ def init_datastore(
     store: Path, source: Path, with_labels: bool = False, overrides: list[str] | None = None, seed: int = 0,
     config: Config | None = None,
 ) -> tuple[Datastore, list[str]]:
-    """Create ``store`` from ``source`` (a folder of volumes or an MSD-style ``dataset.json``).
+    """Create ``store`` from ``source`` (a folder of volumes, an MSD-style ``dataset.json``, or DICOM files).
 
     The label set comes from ``dataset.json`` when it has one; a non-CT modality switches intensity
     normalisation to z-score. ``overrides`` (``section.name=value``) are applied last and saved.
@@ -35,6 +35,10 @@ def init_datastore(
     Returns:
         The datastore and one sentence per skipped file.
     """
+    from activeseg.store.dicom_import import init_from_dicom_folder, looks_like_dicom_folder
+
+    if looks_like_dicom_folder(source):  # DICOM files: one case per series (store/dicom_import.py)
+        return init_from_dicom_folder(store, source, with_labels=with_labels, overrides=overrides, seed=seed, config=config)
     found = find_source(source)
     config = config or Config()
     if found.label_names:

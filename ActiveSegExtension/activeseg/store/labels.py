@@ -110,6 +110,9 @@ class LabelStore:
             if old and old != relative:
                 (meta_dir / old).unlink(missing_ok=True)
         logger.info("case %s: %s label stored (%s)", case_id, source, state.value)
+        from activeseg.store.dicom_writeback import on_label_committed
+
+        on_label_committed(self.database.root, case_id)  # DICOM datastores: back to the PACS as DICOM SEG; never raises
         return self.cases.case(case_id)
 
     # ----------------------------------------------------------------- pseudo-labels
