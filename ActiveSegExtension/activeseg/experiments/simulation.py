@@ -20,15 +20,8 @@ strategies with one seed start from identical data and an identical first model.
 ``full`` labels the whole pool before round 0 and then runs the same R + 1 training rounds (same
 optimiser steps as the active strategies), so the ceiling gets the same training budget.
 
-Deviations from the papers' protocols, stated here because they change numbers:
-
-* DSAL starts pseudo-labels at round 5 with 20 + 20 (t - 5) cases on 2D slices; the simulation uses the
-  datastore's ``dsal.weak_*`` settings (defaults: from round 2, 4 + 4 (t - 2) volumes), since a 3D pool
-  of tens of volumes cannot supply 20 per round.
-* Epoch selection uses the fixed validation split, never the test split (both originals select on the
-  reported fold).
-* Fewer epochs and a narrower network than the papers, to fit CPU budgets; the caller chooses via
-  overrides and the results record the full configuration.
+Where this protocol differs from the papers' (pseudo-label schedule, epoch selection, training budget) is
+listed once, in the README's "Deviations"; the results record the full configuration.
 
 Round-0 cache (``round0_cache``): the first model depends only on the seed, the splits, the initial
 labels and the network/training settings, so strategies sharing a seed share it exactly. With a cache

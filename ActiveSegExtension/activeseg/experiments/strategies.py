@@ -10,20 +10,19 @@ should the (simulated) radiologist label next?* ::
 Strategies see only the datastore (the active model, the training split's states): never a test split,
 which the simulation keeps out of the datastore altogether.
 
-Registered names (ALGORITHMS.md, "Baselines every comparison includes"):
+Registered names (where a baseline differs from its source is listed in the README's "Deviations"):
 
 * ``dsal``: DSAL's M-DSC strong queue plus its weak pseudo-labels, by calling
   :func:`activeseg.pipeline.ranking_round.rank_round` (the engine's own ranking, not a copy). Its pseudo-label set is
   rebuilt in the datastore every round and trains the next round (ALNT-weighted when ``alnt.enabled``).
 * ``random``: uniform among unlabelled cases. No model pass.
 * ``fg-random``: foreground-aware random (nnActive, TMLR 2025): uniform among unlabelled cases in which
-  the active model's main head predicts any foreground voxel. Deviation: when fewer than K such cases
-  remain, the rest are drawn uniformly from the others (so every strategy labels the same budget).
+  the active model's main head predicts any foreground voxel; when fewer than K such cases remain, the rest
+  are drawn uniformly from the others (so every strategy labels the same budget).
 * ``mc-dropout``: MONAI Label's "epistemic" strategy: T stochastic passes with decoder dropout active
   (:func:`activeseg.model.predictor.enable_mc_dropout`), mean softmax of the main head, per-voxel entropy
-  (natural log), averaged over the volume; the K highest-entropy cases. Deviations: MONAI Label ranks
-  by the *variance*-based score of its own implementation on whole images; here the score is the mean
-  predictive entropy, the form the brief specifies. Each pass runs :func:`activeseg.model.predictor.predict_heads`,
+  (natural log), averaged over the volume; the K highest-entropy cases (MONAI Label's own score is
+  variance-based). Each pass runs :func:`activeseg.model.predictor.predict_heads`,
   which also computes the two auxiliary heads' softmax: a small overhead MC-dropout would not need
   (``bench_ranking_cost.py`` measures it both ways).
 * ``full``: no querying; the simulation labels the whole pool before the first round (the ceiling).
@@ -194,7 +193,7 @@ class ForegroundRandomStrategy:
             foreground[case_id] = float((main.argmax(axis=0) > 0).sum())
         with_fg = [cid for cid in pool if foreground[cid] > 0]
         chosen = rng.sample(with_fg, min(k, len(with_fg)))
-        if len(chosen) < k:  # too few predicted-foreground cases: fill up uniformly (documented deviation)
+        if len(chosen) < k:  # too few predicted-foreground cases: fill up uniformly (README, "Deviations")
             rest = [cid for cid in pool if cid not in chosen]
             chosen += rng.sample(rest, min(k - len(chosen), len(rest)))
         return Selection(strong=chosen, scores=foreground, seconds=time.perf_counter() - started)

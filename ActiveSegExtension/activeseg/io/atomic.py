@@ -29,7 +29,6 @@ __all__ = [
     "TEMP_MARKER",
     "LOW_SPACE_BYTES",
     "atomic_write",
-    "atomic_write_bytes",
     "fsync_dir",
     "storage_error",
     "verify_written",
@@ -173,8 +172,3 @@ def _remove_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:  # a read-only folder: nothing was created there either
         pass
-
-
-def atomic_write_bytes(target: Path, data: bytes) -> Path:
-    """:func:`atomic_write` of a bytes payload."""
-    return atomic_write(target, lambda path: Path(path).write_bytes(data))

@@ -35,7 +35,6 @@ from activeseg.errors import ActiveSegError
 from activeseg.store.sqlite_tx import transaction
 
 __all__ = [
-    "JOB_KINDS",
     "FINAL_STATES",
     "JobConflictError",
     "UnknownJobError",
@@ -47,7 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-JOB_KINDS = ("train", "rank", "pseudo-label")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 
 _SCHEMA = """
@@ -90,7 +88,7 @@ class JobRecord:
 
     Attributes:
         job_id: 32 hex digits.
-        kind: one of :data:`JOB_KINDS`.
+        kind: ``train``, ``rank`` or ``pseudo-label`` (dispatched by :mod:`activeseg.jobs.worker`).
         status: ``running`` or one of :data:`FINAL_STATES`.
         params: the options it was started with.
         created, started, finished, updated: Unix times, seconds.

@@ -3,16 +3,8 @@
 Zhao et al., "DSAL: Deeply supervised active learning from strong and weak labelers", IEEE JBHI 2021.
 One deterministic forward pass per case (no dropout, no repeats) gives the main and two auxiliary heads.
 
-Deviations, documented here and in the README's "Methods":
-
-* Multi-class Dice averages over the foreground classes present in *either* mask of the pair; a class
-  absent from both is skipped, so absent classes do not inflate agreement. When no foreground class is
-  present in either mask the pair's Dice is 1 (the convention of :mod:`activeseg.method.metrics`). That
-  biases M-DSC towards "certain" on volumes where nothing is found, so (a) cases whose main head predicts
-  no foreground are never pseudo-labelled (an empty pseudo-label would teach "nothing here" unchecked), and (b) with
-  ``foreground_tiebreak`` ties in M-DSC rank the less confident case as more uncertain.
-* The weak set's confidence histogram spans the scored cases' [min, max] confidence in
-  ``confidence_bins`` equal bins; candidates are the top bin's cases, excluding the strong set.
+Where this differs from the paper (the empty-mask convention of M-DSC and what follows from it, the range of
+the confidence histogram) is listed once, in the README's "Deviations"; the functions below state their rules.
 """
 
 from __future__ import annotations

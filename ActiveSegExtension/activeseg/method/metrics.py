@@ -1,6 +1,6 @@
 """Dice, the one implementation every part of the engine uses (ranking's M-DSC, validation, test evaluation).
 
-Convention for empty masks (DSAL's, and the one ALGORITHMS.md states for validation):
+Convention for empty masks (DSAL's; validation and test evaluation use the same):
 
 * A class absent from *both* masks of a pair is not counted for that pair (``None``): two empty masks say
   nothing about how well the model segments that class, so they neither raise nor lower the score.

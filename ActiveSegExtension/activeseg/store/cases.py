@@ -1,6 +1,6 @@
 """Cases: their states, their stored record, and reading them.
 
-Case states (DESIGN.md)::
+Case states::
 
     unlabeled -> queued (strong, leased to one annotator at a time) -> labeled (expert)
     unlabeled -> pseudo (weak) -> accepted | rejected | (edited and submitted ->) labeled
