@@ -10,9 +10,12 @@ from fastapi import Request
 from activeseg.store.datastore import Datastore
 from activeseg.jobs.runner import JobRunner, JobTable
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "ServerContext", "get_context"]
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_DECODED_BYTES", "ServerContext", "get_context"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 1 << 30  # 1 GiB: far above a label file, still bounded
+# Largest decoded voxel data of one upload, from its header (dimensions x type), checked before decoding:
+# 1 GiB holds a 512 x 512 x 2000 int16 label, or a 512 x 512 x 1000 float32 one.
+DEFAULT_MAX_DECODED_BYTES = 1 << 30
 
 
 @dataclass
@@ -25,6 +28,7 @@ class ServerContext:
         table: the job table.
         token: bearer token every request must carry, or None (loopback only).
         max_upload_bytes: largest accepted upload body.
+        max_decoded_bytes: largest decoded voxel data of an upload, bytes (from its header, before decoding).
     """
 
     store: Datastore
@@ -32,6 +36,7 @@ class ServerContext:
     table: JobTable
     token: str | None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     _device: str | None = field(default=None, repr=False)
     _device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from activeseg.jobs.runner import read_log_tail
 from .context import ServerContext, get_context
@@ -43,6 +44,15 @@ def start_rank(
 def start_pseudo_label(response: Response, context: ServerContext = Depends(get_context)) -> JobOut:
     """Rewrite pseudo-labels for the weak set with the active model."""
     return _started(context, response, "pseudo-label", {})
+
+
+def _post_only() -> None:
+    """``GET /v1/jobs/train`` and the like: the path exists, the method does not (405, not a 422 about a job id)."""
+    raise StarletteHTTPException(405, detail="this path only accepts POST", headers={"Allow": "POST"})
+
+
+for _kind in ("train", "rank", "pseudo-label"):
+    router.add_api_route(f"/{_kind}", _post_only, methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 
 
 @router.get("", response_model=JobListOut, summary="Recent jobs, newest first")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -12,8 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from activeseg.store.datastore import CaseRecord, Datastore
 from activeseg.errors import ActiveSegError, ImageReadError
-from activeseg.io.volumes import read_volume
-from activeseg.io.seg_nrrd import read_segmentation_labelmap
+from activeseg.io.atomic import TEMP_MARKER, storage_error
+from activeseg.io.uploads import read_label_upload
 from .cases import ANNOTATOR
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
@@ -42,13 +41,19 @@ _UPLOAD_DOC = {
 }
 
 
-def _store_label(store: Datastore, case_id: str, path: Path, file_format: str, no_finding: bool, annotator: str) -> CaseRecord:
-    """Decode the uploaded file and hand it to the datastore, which validates and writes it atomically."""
-    if file_format == ".seg.nrrd":
-        label = read_segmentation_labelmap(path, store.config.labels)
-    else:
-        label = read_volume(path)  # float32, so non-integer values are caught by validation, not truncated
+def _store_label(
+    store: Datastore, case_id: str, path: Path, file_format: str, no_finding: bool, annotator: str, max_decoded_bytes: int
+) -> CaseRecord:
+    """Decode the uploaded file (header checked first) and hand it to the datastore, which validates and writes it
+    atomically. The file keeps its voxel type, so non-integer values are caught by validation, not truncated."""
+    label = read_label_upload(path, file_format, store.config.labels, store.image_geometry(case_id), max_decoded_bytes)
     return store.submit_label(case_id, label, no_finding=no_finding, annotator=annotator)
+
+
+def upload_dir(store: Datastore) -> Path:
+    """Where uploads are spooled: inside the datastore (same disk, private), named with the temp marker so a
+    restarted server's recovery removes what a killed one left behind."""
+    return store.meta_dir / "uploads"
 
 
 @router.put(
@@ -78,22 +83,32 @@ async def submit_label(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise UploadTooLargeError(f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes")
-    fd, name = tempfile.mkstemp(prefix="activeseg-upload-", suffix=file_format)
+    spool = upload_dir(store) / f"{TEMP_MARKER}upload-{uuid.uuid4().hex}{file_format}"
+    try:
+        spool.parent.mkdir(exist_ok=True)
+        handle = open(spool, "xb")  # noqa: SIM115 - closed below; "x": never follows a planted link
+    except OSError as exc:
+        raise storage_error(exc, "the upload") from exc
     try:
         size = 0
         # Chunks go to a private temp file (page-cache writes of <= 64 KiB: microseconds, fine on the loop);
         # decoding and validation, the slow part, run in the threadpool.
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:  # a body without (or lying about) Content-Length is counted as it streams
                     raise UploadTooLargeError(f"upload exceeds the limit of {limit} bytes")
-                handle.write(chunk)
+                try:
+                    handle.write(chunk)
+                except OSError as exc:
+                    raise storage_error(exc, "the upload") from exc
         if size == 0:
             raise ImageReadError("empty upload: send the label file's bytes as the request body")
-        record = await run_in_threadpool(_store_label, store, case_id, Path(name), file_format, no_finding, annotator)
+        record = await run_in_threadpool(
+            _store_label, store, case_id, spool, file_format, no_finding, annotator, context.max_decoded_bytes
+        )
     finally:
-        os.unlink(name)
+        spool.unlink(missing_ok=True)
     return case_out(record, store.scores().get(case_id))
 
 

@@ -4,8 +4,10 @@ Start-up protocol: once the socket accepts connections the server writes exactly
 ``ACTIVESEG_SERVER_URL=http://HOST:PORT``, and flushes it; launchers (the Slicer module) read that line to
 learn the port when they asked for port 0. Everything else goes to the log (stderr).
 
-Security: without a token the server binds to loopback only; any other address needs ``--token`` and then
-every request must carry ``Authorization: Bearer <token>``.
+Security: without a token the server binds to loopback only and refuses requests addressed to another host or
+coming from another site (:mod:`activeseg.api.guards`); any other address needs ``--token`` and then every
+request must carry ``Authorization: Bearer <token>``. Every request's body is bounded and times out when idle.
+Start-up refuses a read-only or locked datastore with one line on stderr (exit code 2).
 """
 
 from __future__ import annotations
@@ -20,18 +22,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from activeseg import __version__
 from activeseg.api import build_router
 from activeseg.api.auth import BearerTokenMiddleware
-from activeseg.api.context import DEFAULT_MAX_UPLOAD_BYTES, ServerContext
-from activeseg.api.errors import install_error_handlers
+from activeseg.api.context import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_UPLOAD_BYTES, ServerContext
+from activeseg.api.errors import install_error_handlers, sqlite_error
+from activeseg.api.guards import DEFAULT_BODY_IDLE_TIMEOUT_S, DEFAULT_MAX_JSON_BYTES, RequestGuardMiddleware
+from activeseg.io.atomic import TEMP_MARKER, storage_error
+from activeseg.store.case_ids import CASE_ID_PATTERN
 from activeseg.store.datastore import Datastore
-from activeseg.errors import ActiveSegError, ConfigError
+from activeseg.errors import ActiveSegError, ConfigError, StorageError
 from activeseg.jobs.runner import JobRunner, JobTable
 
-__all__ = ["URL_LINE_PREFIX", "RECOVER_MIN_AGE_S", "create_app", "check_bind_address", "serve"]
+__all__ = [
+    "URL_LINE_PREFIX", "RECOVER_MIN_AGE_S", "STARTUP_LOCK_WAIT_S", "create_app", "check_bind_address",
+    "check_store_writable", "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +50,42 @@ URL_LINE_PREFIX = "ACTIVESEG_SERVER_URL="
 # Left-over temp files younger than this are kept at start-up: a worker orphaned by a crash may still be
 # about to rename one into place (it is killed, but the margin costs nothing).
 RECOVER_MIN_AGE_S = 60.0
+# How long start-up waits for another process's write lock on the database before giving up with one line.
+STARTUP_LOCK_WAIT_S = 5.0
 
 
 def create_app(
-    store_path: Path, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, recover: bool = True
+    store_path: Path,
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    recover: bool = True,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
 ) -> FastAPI:
     """Build the API application for the datastore at ``store_path``.
 
     Args:
         store_path: an initialised datastore folder.
-        token: when set, every request needs ``Authorization: Bearer <token>``.
+        token: when set (non-empty), every request needs ``Authorization: Bearer <token>``; without one the
+            server is in loopback mode and refuses cross-site requests (``Host``/``Origin`` checks).
         max_upload_bytes: largest accepted upload body (413 above it).
         recover: at start-up, mark jobs left running as interrupted and remove left-overs of interrupted writes.
+        max_decoded_bytes: largest decoded voxel data of an upload (its header's dimensions x type), bytes.
+        max_json_bytes: body limit of every route but the upload, bytes.
+        body_idle_timeout_s: a request body that stalls this long is answered 408.
 
     Raises:
         DatastoreError: ``store_path`` is not a datastore.
     """
+    token = token or None  # an empty token is no token (it used to make every request 401)
     store = Datastore(store_path)
     table = JobTable(store.meta_dir)
     runner = JobRunner(store.root, table)
-    context = ServerContext(store=store, jobs=runner, table=table, token=token, max_upload_bytes=max_upload_bytes)
+    context = ServerContext(
+        store=store, jobs=runner, table=table, token=token, max_upload_bytes=max_upload_bytes,
+        max_decoded_bytes=max_decoded_bytes,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -88,9 +115,71 @@ def create_app(
     app.state.context = context
     install_error_handlers(app)
     app.include_router(build_router())
+    app.openapi = lambda: _openapi(app, token_required=token is not None)  # type: ignore[method-assign]
+    app.add_middleware(
+        RequestGuardMiddleware,
+        loopback_only=token is None,
+        max_upload_bytes=max_upload_bytes,
+        max_json_bytes=max_json_bytes,
+        body_idle_timeout_s=body_idle_timeout_s,
+    )
     if token is not None:
-        app.add_middleware(BearerTokenMiddleware, token=token)
+        app.add_middleware(BearerTokenMiddleware, token=token)  # added last: outermost, checked first
     return app
+
+
+def _openapi(app: FastAPI, token_required: bool) -> dict[str, Any]:
+    """The OpenAPI document with the bearer scheme declared and the case-id pattern on every ``case_id``."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the server's --token; required when the server was started with one",
+    }
+    # Loopback mode: the scheme is declared but optional ({} = no credentials needed).
+    schema["security"] = [{"bearerAuth": []}] if token_required else [{}, {"bearerAuth": []}]
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("name") == "case_id" and parameter.get("in") == "path":
+                    parameter["schema"] = {
+                        "type": "string",
+                        "pattern": CASE_ID_PATTERN.pattern,
+                        "title": "Case Id",
+                        "description": "letters, digits, '_', '-', '.'; no '..'",
+                    }
+    app.openapi_schema = schema
+    return schema
+
+
+def check_store_writable(store_path: Path, lock_wait_s: float = STARTUP_LOCK_WAIT_S) -> None:
+    """Start-up check that the datastore can be written: its folder, and its database's write lock.
+
+    Raises:
+        StorageReadOnlyError: the folder or the database is read-only. StorageFullError: no space to create a
+            file. StoreLockedError: another process held the database's write lock for ``lock_wait_s`` seconds.
+        DatastoreError: not a datastore.
+    """
+    store = Datastore(store_path)
+    probe = store.meta_dir / f"{TEMP_MARKER}startup-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise storage_error(exc, f"a probe file in {store.meta_dir}") from exc
+    connection = sqlite3.connect(store.db_path, timeout=lock_wait_s, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        typed = sqlite_error(exc)
+        if typed is None:
+            raise StorageError(f"the datastore's database cannot be written: {exc}") from exc
+        raise typed from exc
+    finally:
+        connection.close()
 
 
 def check_bind_address(host: str, token: str | None) -> None:
@@ -133,6 +222,7 @@ def serve(
     token: str | None = None,
     max_upload_bytes: int | None = None,
     log_level: str = "info",
+    max_decoded_bytes: int | None = None,
 ) -> None:
     """Serve the datastore at ``data`` until interrupted (SIGINT/SIGTERM stop it cleanly).
 
@@ -143,6 +233,7 @@ def serve(
         token: bearer token required on every request.
         max_upload_bytes: upload limit (default: ``$ACTIVESEG_MAX_UPLOAD_BYTES`` or 1 GiB).
         log_level: uvicorn's log level.
+        max_decoded_bytes: decoded-size limit of an upload (default: ``$ACTIVESEG_MAX_DECODED_BYTES`` or 1 GiB).
 
     Raises:
         SystemExit: code 2 when the address is refused or the datastore cannot be opened (message on stderr).
@@ -152,9 +243,15 @@ def serve(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limit = max_upload_bytes or int(os.environ.get("ACTIVESEG_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
+    decoded = max_decoded_bytes or int(os.environ.get("ACTIVESEG_MAX_DECODED_BYTES", DEFAULT_MAX_DECODED_BYTES))
+    idle = float(os.environ.get("ACTIVESEG_BODY_IDLE_TIMEOUT_S", DEFAULT_BODY_IDLE_TIMEOUT_S))
+    token = token or None
     try:
         check_bind_address(host, token)
-        app = create_app(Path(data), token=token, max_upload_bytes=limit)
+        check_store_writable(Path(data))
+        app = create_app(
+            Path(data), token=token, max_upload_bytes=limit, max_decoded_bytes=decoded, body_idle_timeout_s=idle
+        )
         sock = _bind(host, port)
     except (ActiveSegError, OSError) as exc:
         logger.error("activeseg serve: %s", exc)
