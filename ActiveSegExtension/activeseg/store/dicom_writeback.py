@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from activeseg.store.datastore import Datastore
     from activeseg.store.dicomweb_source import DicomwebSource
 
-__all__ = ["TOKEN_ENV", "WritebackReport", "on_label_committed", "mark_imported_labels", "reconcile", "flush_outbox",
-           "wait_for_background_flush"]
+__all__ = ["TOKEN_ENV", "WritebackReport", "on_label_committed", "resume_writeback", "mark_imported_labels", "reconcile",
+           "flush_outbox", "wait_for_background_flush"]
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +248,25 @@ def _run(root: Path) -> None:
                 return
 
 
+def _start(root: Path, background: bool) -> None:
+    """Reconcile and flush ``root``'s outbox, in the per-datastore background thread or right here."""
+    from activeseg.store.datastore import Datastore
+
+    if not _enabled(DicomIndex(root / ".activeseg")):
+        return
+    reconcile(Datastore(root))
+    if not background:
+        flush_outbox(Datastore(root))
+        return
+    with _lock:
+        _again.add(root)
+        if root in _workers:
+            return
+        worker = threading.Thread(target=_run, args=(root,), name="activeseg-dicom-writeback", daemon=True)
+        _workers[root] = worker
+    worker.start()
+
+
 def on_label_committed(root: Path, case_id: str, background: bool = True) -> None:
     """The datastore's hook, called after a label commit: queue the label for write-back and flush.
 
@@ -259,26 +278,19 @@ def on_label_committed(root: Path, case_id: str, background: bool = True) -> Non
         case_id: the case whose label was committed.
         background: flush in a background thread (default) or before returning.
     """
-    root = Path(root).resolve()
-    index = DicomIndex(root / ".activeseg")
     try:
-        if not _enabled(index):
-            return
-        from activeseg.store.datastore import Datastore
-
-        reconcile(Datastore(root))
-        if not background:
-            flush_outbox(Datastore(root))
-            return
-        with _lock:
-            _again.add(root)
-            if root in _workers:
-                return
-            worker = threading.Thread(target=_run, args=(root,), name=f"activeseg-dicom-writeback-{case_id}", daemon=True)
-            _workers[root] = worker
-        worker.start()
+        _start(Path(root).resolve(), background)
     except Exception:  # noqa: BLE001 - see docstring
         logger.exception("case %s: DICOM SEG write-back could not be queued; it is retried on restart", case_id)
+
+
+def resume_writeback(root: Path) -> None:
+    """Send, in the background, the labels still pending from before a restart (call when a server starts).
+    A no-op for datastores not made from DICOM; never raises."""
+    try:
+        _start(Path(root).resolve(), background=True)
+    except Exception:  # noqa: BLE001 - a server must start even when the PACS side is broken
+        logger.exception("DICOM SEG write-back could not be resumed; it is retried on the next label")
 
 
 def wait_for_background_flush(root: Path, timeout: float = 60.0) -> bool:
