@@ -112,13 +112,27 @@ async def submit_label(
     return case_out(record, store.scores().get(case_id))
 
 
+REVIEWER = Query(None, min_length=1, max_length=128, description="the reviewer (required when the case is leased)")
+
+
 @router.post("/{case_id}/pseudo/accept", response_model=CaseOut, summary="Accept a pseudo-label as a trusted label")
-def accept_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> CaseOut:
-    """The pseudo-label becomes the case's label (state ``accepted``, trained at full weight)."""
-    return case_out(context.store.accept_pseudo(case_id), context.store.scores().get(case_id))
+def accept_pseudo(
+    case_id: str, annotator: str | None = REVIEWER, context: ServerContext = Depends(get_context)
+) -> CaseOut:
+    """The pseudo-label becomes the case's label (state ``accepted``, trained at full weight).
+
+    409 ``leased`` when someone other than ``annotator`` holds the case; 409 ``invalid_state`` when it has no
+    pseudo-label or another request reviewed it meanwhile (only one verdict ever wins).
+    """
+    return case_out(context.store.accept_pseudo(case_id, annotator), context.store.scores().get(case_id))
 
 
 @router.post("/{case_id}/pseudo/reject", response_model=CaseOut, summary="Reject a pseudo-label")
-def reject_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> CaseOut:
-    """The pseudo-label is dropped and the case is not pseudo-labelled again (state ``rejected``)."""
-    return case_out(context.store.reject_pseudo(case_id), context.store.scores().get(case_id))
+def reject_pseudo(
+    case_id: str, annotator: str | None = REVIEWER, context: ServerContext = Depends(get_context)
+) -> CaseOut:
+    """The pseudo-label is dropped and the case is not pseudo-labelled again (state ``rejected``).
+
+    409 ``leased`` when someone other than ``annotator`` holds the case.
+    """
+    return case_out(context.store.reject_pseudo(case_id, annotator), context.store.scores().get(case_id))

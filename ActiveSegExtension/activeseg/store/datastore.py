@@ -135,13 +135,15 @@ class Datastore:
         """Replace the current pseudo-label set. See :meth:`LabelStore.set_pseudo_labels`."""
         self.label_store.set_pseudo_labels(model_version, written)
 
-    def accept_pseudo(self, case_id: str) -> CaseRecord:
-        """Accept a pending pseudo-label (state ``accepted``). Raises CaseStateError when there is none."""
-        return self.label_store.accept_pseudo(case_id)
+    def accept_pseudo(self, case_id: str, annotator: str | None = None) -> CaseRecord:
+        """Accept a pending pseudo-label (state ``accepted``). Raises CaseStateError when there is none,
+        LeaseError when someone other than ``annotator`` holds the lease. See :meth:`LabelStore.accept_pseudo`."""
+        return self.label_store.accept_pseudo(case_id, annotator)
 
-    def reject_pseudo(self, case_id: str) -> CaseRecord:
-        """Reject a pending pseudo-label (state ``rejected``). Raises CaseStateError when there is none."""
-        return self.label_store.reject_pseudo(case_id)
+    def reject_pseudo(self, case_id: str, annotator: str | None = None) -> CaseRecord:
+        """Reject a pending pseudo-label (state ``rejected``). Raises CaseStateError when there is none,
+        LeaseError when someone other than ``annotator`` holds the lease."""
+        return self.label_store.reject_pseudo(case_id, annotator)
 
     # ----------------------------------------------------------------- queue and leases (queue.py)
     def set_queue(self, case_ids: list[str]) -> None:

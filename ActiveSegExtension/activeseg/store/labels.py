@@ -87,16 +87,26 @@ class LabelStore:
         return relative
 
     def _commit_label(
-        self, case_id: str, relative: str, source: str, no_finding: bool, state: CaseState, annotator: str | None
+        self, case_id: str, relative: str, source: str, no_finding: bool, state: CaseState, annotator: str | None,
+        expect_pseudo: str | None = None,
     ) -> CaseRecord:
-        """Commit a written label file to the case; remove the files it replaces after the commit."""
+        """Commit a written label file to the case; remove the files it replaces after the commit.
+
+        ``expect_pseudo``: the pseudo-label file an accept read; the commit is refused (and the written file
+        removed) when the case no longer holds exactly it, so a concurrent reject or rebuild wins alone.
+        """
         meta_dir = self.database.meta_dir
         try:
             with self.database.connect(write=True) as connection:
                 row = self.cases.row(connection, case_id)
                 holder = live_lease_holder(row)
-                if annotator and holder not in (None, annotator):
+                if (annotator or expect_pseudo) and holder not in (None, annotator):
                     raise LeaseError(f"case {case_id!r} is leased to {holder!r}")
+                if expect_pseudo is not None and (row["state"] != CaseState.PSEUDO or row["pseudo_file"] != expect_pseudo):
+                    raise CaseStateError(
+                        f"case {case_id!r} changed meanwhile (now {row['state']!r}): its pseudo-label was reviewed or "
+                        "replaced by another request; nothing was accepted"
+                    )
                 connection.execute(
                     "UPDATE cases SET state = ?, label_file = ?, label_source = ?, no_finding = ?, pseudo_file = NULL,"
                     " pseudo_model = NULL, lease_holder = NULL, lease_expires = NULL, updated = ? WHERE case_id = ?",
@@ -156,30 +166,46 @@ class LabelStore:
             if relative and relative not in kept:
                 (meta_dir / relative).unlink(missing_ok=True)
 
-    def accept_pseudo(self, case_id: str) -> CaseRecord:
+    def accept_pseudo(self, case_id: str, annotator: str | None = None) -> CaseRecord:
         """Accept a pseudo-label: it becomes a trusted label (state ``accepted``, trained at full weight).
 
+        Args:
+            annotator: who reviews; a case leased to anyone else (or leased at all, when None) is refused.
+
         Raises:
-            CaseStateError: the case has no pending pseudo-label.
+            CaseStateError: the case has no pending pseudo-label, or it changed while this accept ran.
+            LeaseError: another annotator holds the case's lease.
         """
         record = self.cases.case(case_id)
         if record.state != CaseState.PSEUDO or record.pseudo_path is None:
             raise CaseStateError(f"case {case_id!r} has no pseudo-label to accept (state {record.state!r})")
+        if record.lease_holder not in (None, annotator):
+            raise LeaseError(f"case {case_id!r} is leased to {record.lease_holder!r}")
         from activeseg.io.seg_nrrd import read_segmentation_labelmap
 
+        expected = str(record.pseudo_path.relative_to(self.database.meta_dir))
         label = read_segmentation_labelmap(record.pseudo_path, self.config.labels)
         array = self.validate_label(case_id, label, no_finding=True)
         relative = self._write_label_file(case_id, array, label)
-        return self._commit_label(case_id, relative, "accepted", not array.any(), CaseState.ACCEPTED, None)
+        return self._commit_label(
+            case_id, relative, "accepted", not array.any(), CaseState.ACCEPTED, annotator, expect_pseudo=expected
+        )
 
-    def reject_pseudo(self, case_id: str) -> CaseRecord:
+    def reject_pseudo(self, case_id: str, annotator: str | None = None) -> CaseRecord:
         """Reject a pseudo-label: it leaves the training set; the case is never pseudo-labelled again.
+
+        Args:
+            annotator: who reviews; a case leased to anyone else (or leased at all, when None) is refused.
 
         Raises:
             CaseStateError: the case has no pending pseudo-label.
+            LeaseError: another annotator holds the case's lease.
         """
         with self.database.connect(write=True) as connection:
             row = self.cases.row(connection, case_id)
+            holder = live_lease_holder(row)
+            if holder not in (None, annotator):
+                raise LeaseError(f"case {case_id!r} is leased to {holder!r}")
             if row["state"] != CaseState.PSEUDO:
                 raise CaseStateError(f"case {case_id!r} has no pseudo-label to reject (state {row['state']!r})")
             connection.execute(
