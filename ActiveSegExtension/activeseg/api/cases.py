@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, Response
 
@@ -70,30 +73,64 @@ def get_label(case_id: str, context: ServerContext = Depends(get_context)) -> Re
     return _seg_response(segmentation_bytes(label.array, label.geometry, store.config.labels), f"{case_id}.seg.nrrd")
 
 
-@router.get("/{case_id}/pseudo", response_class=FileResponse, responses=_BINARY, summary="The pending pseudo-label as .seg.nrrd")
-def get_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> FileResponse:
+# A file being replaced by a ranking round is opened again from the database's current pointer, this often.
+_OPEN_ATTEMPTS = 3
+
+
+def _committed_file(case_id: str, resolve: Callable[[], Path | None], what: str, name: str) -> Response:
+    """Serve the committed file the database points at, read through one open handle.
+
+    A ranking round replaces pseudo-labels and predictions while they are downloaded: the path read from the
+    database may be gone when it is opened, or be unlinked mid-send. So the file is opened first (an open handle
+    keeps the committed bytes even if the name is replaced or removed), read whole, and only then answered;
+    a vanished file is looked up again, and a case that no longer has one gets 409, never a 500 or an empty body.
+    """
+    for _ in range(_OPEN_ATTEMPTS):
+        path = resolve()
+        if path is None:
+            break
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            continue
+        return _seg_response(data, name)
+    raise CaseStateError(f"case {case_id!r} has no {what} now (it was replaced or reviewed meanwhile; ask again)")
+
+
+@router.get("/{case_id}/pseudo", response_class=Response, responses=_BINARY, summary="The pending pseudo-label as .seg.nrrd")
+def get_pseudo(case_id: str, context: ServerContext = Depends(get_context)) -> Response:
     """The model's pseudo-label awaiting review. 409 ``invalid_state`` when the case has none."""
     record = context.store.case(case_id)
     if record.pseudo_path is None:
         raise CaseStateError(f"case {case_id!r} has no pseudo-label (state {record.state!r})")
-    return FileResponse(record.pseudo_path, media_type="application/octet-stream", filename=f"{case_id}.pseudo.seg.nrrd")
+    first: list[Path | None] = [record.pseudo_path]
+
+    def resolve() -> Path | None:
+        return first.pop() if first else context.store.case(case_id).pseudo_path
+
+    return _committed_file(case_id, resolve, "pseudo-label", f"{case_id}.pseudo.seg.nrrd")
 
 
-@router.get("/{case_id}/prediction", response_class=FileResponse, responses=_BINARY,
+@router.get("/{case_id}/prediction", response_class=Response, responses=_BINARY,
             summary="The active model's prediction of a queued case as .seg.nrrd")
-def get_prediction(case_id: str, context: ServerContext = Depends(get_context)) -> FileResponse:
+def get_prediction(case_id: str, context: ServerContext = Depends(get_context)) -> Response:
     """A starting segmentation for the annotator, written by the last ranking of the active model.
 
     409 ``invalid_state`` when there is none (the case is not in the strong queue of the active model).
     """
     store = context.store
     record = store.case(case_id)
-    version = store.active_version()
-    path = store.prediction_path(case_id, version) if version is not None else None
-    if path is None or not path.is_file():
+
+    def resolve() -> Path | None:
+        version = store.active_version()
+        return store.prediction_path(case_id, version) if version is not None else None
+
+    try:
+        return _committed_file(case_id, resolve, "prediction", f"{case_id}.prediction.seg.nrrd")
+    except CaseStateError:
         raise CaseStateError(f"case {case_id!r} has no prediction of the active model (state {record.state!r}; "
-                             "predictions are kept for queued cases after ranking)")
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{case_id}.prediction.seg.nrrd")
+                             "predictions are kept for queued cases after ranking)") from None
 
 
 @router.post("/{case_id}/lease", response_model=CaseOut, summary="Lease (or renew) one case")
