@@ -35,6 +35,8 @@ from .errors import MrmlBridgeError
 from .fileformats import check_image_bytes, check_nrrd_bytes, image_format
 
 __all__ = [
+    "ROLE_ATTRIBUTE",
+    "CASE_ATTRIBUTE",
     "MrmlContext",
     "DEFAULT_SEGMENT_COLORS",
     "RAS_TO_LPS",
@@ -54,6 +56,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Node attribute naming what ActiveSeg created a node for (``image``, ``label``, ``pseudo``, ``uncertainty``,
+#: ``plot``), so a later case replaces those nodes instead of piling them up.
+ROLE_ATTRIBUTE = "ActiveSeg.Role"
+#: Node attribute holding the case id a node belongs to.
+CASE_ATTRIBUTE = "ActiveSeg.CaseId"
 
 #: Diagonal flip between RAS (Slicer) and LPS (ITK files); its own inverse.
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])

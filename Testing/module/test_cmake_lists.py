@@ -49,3 +49,38 @@ def test_extension_metadata() -> None:
             "tier"} <= set(entry)
     assert entry["category"] == "Active Learning" and entry["build_dependencies"] == []
     assert (REPO / "Resources" / "ActiveSeg.png").is_file()
+
+
+def _cmake_urls(variable: str) -> list[str]:
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    match = re.search(rf'set\({variable}\s+"([^"]*)"\)', top)
+    assert match, f"{variable} not set"
+    return [url for url in match.group(1).split() if url]
+
+
+def test_extension_urls_point_at_files_in_the_repository() -> None:
+    """The Extensions Index rejects an entry whose icon or screenshot URL is dead: every raw-GitHub URL must name
+    a file this repository has (on its main branch, i.e. committed here)."""
+    urls = _cmake_urls("EXTENSION_ICONURL") + _cmake_urls("EXTENSION_SCREENSHOTURLS")
+    assert urls, "at least the icon"
+    for url in urls:
+        match = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", url)
+        assert match, f"not a raw GitHub URL on main: {url}"
+        assert (REPO / match.group(1)).is_file(), f"{url} names {match.group(1)}, which is not in the repository"
+
+
+def test_a_skipped_in_file_test_is_reported_as_skipped() -> None:
+    """Without ACTIVESEG_PYTHON, runTest prints SKIP_MESSAGE and returns (no exception: "Reload and Test" would
+    show an error), and ctest turns that output into "Skipped" instead of "Passed"."""
+    import ast
+
+    module = (MODULE_DIR / "ActiveSeg.py").read_text(encoding="utf-8")
+    tree = ast.parse(module)
+    constant = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                    and getattr(node.targets[0], "id", "") == "SKIP_MESSAGE")
+    pattern = re.search(r'set_tests_properties\(py_\$\{MODULE_NAME\} PROPERTIES SKIP_REGULAR_EXPRESSION "([^"]+)"\)',
+                        CMAKE.read_text(encoding="utf-8"))
+    assert pattern and re.search(pattern.group(1), f"{constant}: set ACTIVESEG_PYTHON")
+    run_test = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "runTest")
+    assert not any(isinstance(node, ast.Raise) for node in ast.walk(run_test)), "a skip must not raise"
+    assert "SKIP_MESSAGE" in ast.unparse(run_test) and "print(" in ast.unparse(run_test)

@@ -50,10 +50,18 @@ def test_xml_declares_custom_widgets_and_parameter_bindings() -> None:
             if prop.get("name") == "SlicerParameterName":
                 assert prop.get("stdset") == "0"  # a dynamic property, as Slicer's GUI connectors expect
                 bindings[widget.get("name")] = prop.findtext("string")
-    assert bindings == {"serverUrlLineEdit": "serverUrl", "tokenLineEdit": "token", "annotatorLineEdit": "annotator"}
-    # Every bound name is a field of the parameter node.
+    assert bindings == {"serverUrlLineEdit": "serverUrl", "annotatorLineEdit": "annotator"}
+    # Every bound name is a field of the parameter node; the token is not (the scene is saved in clear text).
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert all(f"    {name}: str" in source for name in bindings.values())
+    fields = _parameter_node_fields()
+    assert set(bindings.values()) <= fields and not any("token" in name.lower() for name in fields)
+
+
+def _parameter_node_fields() -> set[str]:
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ActiveSegParameterNode")
+    return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
 
 
 def test_ui_loads_with_quiloader_and_has_every_widget_the_module_uses() -> None:
@@ -79,6 +87,7 @@ def test_ui_loads_with_quiloader_and_has_every_widget_the_module_uses() -> None:
     assert [table.horizontalHeaderItem(c).text() for c in range(4)] == ["Case", "M-DSC", "Route", "State"]
     assert isinstance(found["trainProgressBar"], QtWidgets.QProgressBar)
     assert isinstance(found["noFindingCheckBox"], QtWidgets.QCheckBox)
+    assert isinstance(found["uncertaintyCheckBox"], QtWidgets.QCheckBox) and found["uncertaintyCheckBox"].isChecked()
     assert found["tokenLineEdit"].echoMode() == QtWidgets.QLineEdit.Password
     widget.deleteLater()
     app.processEvents()

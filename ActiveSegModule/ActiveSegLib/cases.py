@@ -1,0 +1,408 @@
+"""The Logic's "Queue" and "Segment" sections: the ranked queue, leasing and loading the next case, submitting.
+
+Threading contract (Slicer's Qt and MRML objects belong to the main thread):
+    * ``refresh_queue``, ``case_state``, ``fetch_*``, ``upload_submission`` and ``release_lease`` only talk to the
+      backend: run them on a worker thread.
+    * ``build_case_nodes``, ``fill_segmentation``, ``encode_submission``, ``has_unsaved_edits`` and
+      ``forget_scene`` touch MRML only (never the network): call them on the main thread.
+    * ``load_next_case`` and ``submit`` do both, for scripts, tests and ``runTest``.
+
+Unsubmitted work is never dropped silently: every case segmentation is watched for edits
+(:meth:`CasesSection.has_unsaved_edits`), the widget asks before Next replaces an edited case, and the lease of
+a case the user walks away from is given back (:meth:`CasesSection.fetch_next_case` releases the previous one).
+
+Geometry: volumes and segmentations are RAS MRML nodes; files exchanged with the backend are LPS (ITK). The
+conversion happens in the storage nodes (:mod:`ActiveSegLib.mrml`), never here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import vtk
+
+from . import mrml
+from .client import Download
+from .errors import ClientError, MrmlBridgeError
+from .responses import Case
+from .session import BackendSession
+from .uncertainty import UncertaintyOverlay
+
+__all__ = ["CaseDownload", "LoadedCase", "QueueRow", "EditWatch", "CasesSection"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One row of the queue (or review) table.
+
+    Attributes:
+        case: the case as the backend described it.
+        rank: 1-based position in the queue (0 outside the queue).
+    """
+
+    case: Case
+    rank: int = 0
+
+    @property
+    def case_id(self) -> str:
+        """The case's id."""
+        return self.case.case_id
+
+    @property
+    def state(self) -> str:
+        """The case's state."""
+        return self.case.state
+
+    def cells(self) -> tuple[str, str, str, str]:
+        """The table's text cells: case, M-DSC (3 decimals or an em dash), route, state."""
+        mdsc = "\u2014" if self.case.mdsc is None else f"{self.case.mdsc:.3f}"
+        return self.case.case_id, mdsc, self.case.route or "\u2014", self.case.state
+
+
+@dataclass
+class CaseDownload:
+    """What a ``fetch_*`` call brought back (bytes only: no MRML yet).
+
+    Attributes:
+        case: the (leased) case.
+        annotator: who leased it (empty for a review-only download).
+        image: the image file (empty bytes when the case is already shown).
+        start: a segmentation to start from (pseudo-label or prediction, ``.seg.nrrd``), or ``None``.
+        start_kind: ``"pseudo"``, ``"prediction"`` or ``""``.
+        uncertainty: the case's uncertainty map (uint8 percent NRRD, image geometry), or ``None``.
+    """
+
+    case: Case
+    annotator: str
+    image: Download
+    start: Download | None = None
+    start_kind: str = ""
+    uncertainty: Download | None = None
+
+    @property
+    def case_id(self) -> str:
+        """The case's id."""
+        return self.case.case_id
+
+
+class EditWatch:
+    """Notices edits of a segmentation node (Segment Editor strokes, segments added or removed).
+
+    Args:
+        segmentation_node: a ``vtkMRMLSegmentationNode``; observed from now on.
+    """
+
+    _EVENTS = ("SourceRepresentationModified", "SegmentAdded", "SegmentRemoved")
+
+    def __init__(self, segmentation_node: Any) -> None:
+        import slicer
+
+        self.edited = False
+        self._segmentation = segmentation_node.GetSegmentation()
+        self._tags = [self._segmentation.AddObserver(getattr(slicer.vtkSegmentation, name), self._on_edit)
+                      for name in self._EVENTS]
+
+    def _on_edit(self, caller: Any, event: Any) -> None:
+        self.edited = True
+
+    def close(self) -> None:
+        """Stop observing (the node may be gone)."""
+        for tag in self._tags:
+            self._segmentation.RemoveObserver(tag)
+        self._tags = []
+
+
+@dataclass
+class LoadedCase:
+    """A case shown in the scene.
+
+    Attributes:
+        case_id: the case.
+        annotator: who holds its lease (empty for a review-only load).
+        volume_node: its ``vtkMRMLScalarVolumeNode`` (RAS).
+        segmentation_node: the ``vtkMRMLSegmentationNode`` being edited or reviewed (reference geometry = volume).
+        start_kind: what the segmentation started from: ``"pseudo"``, ``"prediction"`` or ``""`` (empty segments).
+        owns_volume: whether removing this case should remove the volume too (a review overlay on the case
+            being segmented shares its volume).
+        watch: notices the user's edits of ``segmentation_node``.
+    """
+
+    case_id: str
+    annotator: str
+    volume_node: Any
+    segmentation_node: Any
+    start_kind: str = ""
+    owns_volume: bool = True
+    watch: EditWatch | None = field(default=None, repr=False)
+
+    @property
+    def edited(self) -> bool:
+        """Whether the segmentation was edited since it was loaded."""
+        return self.watch is not None and self.watch.edited
+
+    def remove_nodes(self, scene: Any) -> None:
+        """Remove the case's nodes from ``scene`` (those still there) and stop watching."""
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        nodes = [self.segmentation_node] + ([self.volume_node] if self.owns_volume else [])
+        for node in nodes:
+            if node is not None and scene.IsNodePresent(node):
+                mrml.remove_node(scene, node)
+
+
+class CasesSection:
+    """The queue, the case being segmented, and its submission.
+
+    Args:
+        session: the shared backend session.
+    """
+
+    def __init__(self, session: BackendSession) -> None:
+        self.session = session
+        self.current: LoadedCase | None = None
+        self.uncertainty = UncertaintyOverlay(lambda: session.context)
+
+    # ------------------------------------------------------------------ queue (network)
+
+    def refresh_queue(self) -> list[QueueRow]:
+        """The strong queue, most uncertain first. Network; worker thread."""
+        return [QueueRow(item.case, rank=item.rank) for item in self.session.client.queue().items]
+
+    def case_state(self, case_id: str) -> str:
+        """The backend's state of one case. Network."""
+        return self.session.client.case(case_id).state
+
+    # ------------------------------------------------------------------ next case (network)
+
+    def fetch_case(self, case: Case, annotator: str) -> CaseDownload:
+        """Download a (leased) case's image, a starting segmentation and its uncertainty map. Network; worker thread.
+
+        The starting segmentation is the case's pseudo-label when it has one, else the active model's
+        prediction when the backend serves it, else none.
+        """
+        client = self.session.client
+        if not self.session.labels:
+            self.session.refresh_info()  # worker thread: the label set is needed to build the nodes
+        image = client.download_image(case.case_id)
+        start: Download | None = None
+        kind = ""
+        # (The cached info may predate the last training round: ask, a missing file is a cheap 409.)
+        if case.has_pseudo:
+            start, kind = client.download_pseudo(case.case_id), "pseudo"
+        else:
+            start = client.download_prediction(case.case_id)
+            kind = "prediction" if start is not None else ""
+        uncertainty = client.download_uncertainty(case.case_id)
+        return CaseDownload(case=case, annotator=annotator, image=image, start=start, start_kind=kind,
+                            uncertainty=uncertainty)
+
+    def fetch_next_case(self, annotator: str, release: str | None = None) -> CaseDownload | None:
+        """Lease the most uncertain free case to ``annotator`` and download it. Network; worker thread.
+
+        Before the first ranking the backend serves unlabelled cases (its cold start), so Next works on a
+        fresh datastore too.
+
+        Args:
+            annotator: the user's name.
+            release: a case the user walks away from: its lease is given back first (errors are logged, not
+                raised: the case may have been submitted or its lease expired meanwhile).
+
+        Returns:
+            the download, or ``None`` when the queue has no free case.
+
+        Raises:
+            ValueError: empty annotator name.
+        """
+        if not annotator or not annotator.strip():
+            raise ValueError("an annotator name is needed to lease a case")
+        annotator = annotator.strip()
+        if release:
+            self.release_lease(release, annotator)
+        case = self.session.client.lease_next(annotator)
+        if case is None:
+            return None
+        return self.fetch_case(case, annotator)
+
+    def release_lease(self, case_id: str, annotator: str) -> bool:
+        """Give a case's lease back so others can take it. Network; worker thread.
+
+        Returns:
+            whether the backend released it (``False`` when it was no longer held, was submitted, or the
+            backend could not be reached: logged, never raised).
+        """
+        try:
+            self.session.client.release(case_id, annotator)
+        except ClientError as exc:
+            logger.info("lease of %s not released: %s", case_id, exc)
+            return False
+        logger.info("released the lease of %s", case_id)
+        return True
+
+    # ------------------------------------------------------------------ nodes (MRML; main thread)
+
+    def has_unsaved_edits(self) -> bool:
+        """Whether the case being segmented was edited and not submitted. MRML only; main thread."""
+        return self.current is not None and self.current.edited
+
+    def build_case_nodes(self, download: CaseDownload, *, replace_previous: bool = True) -> LoadedCase:
+        """Turn a :class:`CaseDownload` into a volume node and a segmentation node to edit. MRML; main thread.
+
+        Args:
+            download: from :meth:`fetch_case` / :meth:`fetch_next_case`.
+            replace_previous: remove the nodes of the previously loaded case first (keeps the scene small).
+                Callers ask the user first when :meth:`has_unsaved_edits`.
+
+        Returns:
+            the loaded case (also kept as :attr:`current`). Its segmentation has one segment per class, named
+            after the class; it holds the starting segmentation when there was one, else it is empty.
+
+        Raises:
+            ClientError: the label set is unknown (not connected). MrmlBridgeError: unreadable image bytes.
+        """
+        labels = self.session.require_labels()
+        ctx = self.session.context
+        if replace_previous and self.current is not None:
+            self.current.remove_nodes(ctx.scene)
+            self.current = None
+            self.uncertainty.remove()
+        case_id = download.case_id
+        volume = mrml.volume_node_from_bytes(ctx, download.image.data, download.image.suffix or ".nii.gz", case_id)
+        volume.SetAttribute(mrml.ROLE_ATTRIBUTE, "image")
+        volume.SetAttribute(mrml.CASE_ATTRIBUTE, case_id)
+        segmentation = None
+        if download.start is not None:
+            try:
+                segmentation = mrml.segmentation_node_from_bytes(ctx, download.start.data, f"{case_id} label", volume)
+                self._complete_segments(segmentation, labels)
+            except MrmlBridgeError as exc:  # a bad starting point must not block labelling
+                logger.warning("starting segmentation of %s unusable (%s); starting empty", case_id, exc)
+                segmentation = None
+        if segmentation is None:
+            empty = np.zeros(mrml.grid_shape_kji(volume), dtype=np.uint8)
+            segmentation = mrml.segmentation_from_labelmap_array(ctx, empty, volume, labels, f"{case_id} label")
+        segmentation.SetAttribute(mrml.ROLE_ATTRIBUTE, "label")
+        segmentation.SetAttribute(mrml.CASE_ATTRIBUTE, case_id)
+        self.current = LoadedCase(case_id, download.annotator, volume, segmentation,
+                                  download.start_kind if download.start is not None else "",
+                                  watch=EditWatch(segmentation))
+        if download.uncertainty is not None:
+            try:
+                self.uncertainty.show(download.uncertainty, volume, case_id)
+            except MrmlBridgeError as exc:  # an overlay must never block labelling
+                logger.warning("uncertainty map of %s not shown: %s", case_id, exc)
+        return self.current
+
+    @staticmethod
+    def _complete_segments(segmentation_node: Any, labels: Mapping[int, str]) -> None:
+        """Add an empty segment for every class the starting segmentation lacks (the editor lists all classes)."""
+        present = {info["name"].strip().lower() for info in mrml.segments_info(segmentation_node)}
+        for index, value in enumerate(sorted(labels)):
+            if labels[value].strip().lower() not in present:
+                color = mrml.DEFAULT_SEGMENT_COLORS[index % len(mrml.DEFAULT_SEGMENT_COLORS)]
+                segmentation_node.GetSegmentation().AddEmptySegment("", labels[value], list(color))
+
+    def fill_segmentation(self, segmentation_node: Any, volume_node: Any, array_kji: np.ndarray) -> None:
+        """Overwrite the class segments with a labelmap, in place (the node, its IDs and colours are kept).
+
+        What the Segment Editor does by hand (it counts as an edit); used by ``runTest`` and the tests to
+        "segment" a case with ground truth. MRML; main thread.
+
+        Args:
+            segmentation_node: the case's segmentation (segments named after classes).
+            volume_node: the case's volume; ``array_kji`` lies on its grid.
+            array_kji: integer ``(k, j, i)`` labelmap of class values (0 = background).
+
+        Raises:
+            MrmlBridgeError: a shape other than the volume's grid, or segments that map to no class.
+        """
+        import slicer  # MRML classes and array helpers (slicer-core or Slicer)
+
+        array = np.asarray(array_kji)
+        shape = mrml.grid_shape_kji(volume_node)
+        if array.shape != shape:
+            raise MrmlBridgeError(f"labelmap shape {array.shape} != volume grid {shape} (k, j, i)")
+        mapping = mrml.segment_class_values(segmentation_node, self.session.require_labels())
+        ctx = self.session.context
+        scene = ctx.scene
+        scratch = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("ActiveSegFill"))
+        try:
+            scratch.CopyOrientation(volume_node)
+            for segment_id, value in mapping.items():
+                slicer.util.updateVolumeFromArray(scratch, np.ascontiguousarray(array == value, dtype=np.uint8))
+                ids = vtk.vtkStringArray()
+                ids.InsertNextValue(segment_id)
+                if not ctx.segmentations_logic.ImportLabelmapToSegmentationNode(scratch, segmentation_node, ids):
+                    raise MrmlBridgeError(f"writing class {value} into segment {segment_id!r} failed")
+        finally:
+            mrml.remove_node(scene, scratch)
+
+    def forget_scene(self) -> None:
+        """The scene was closed: drop references to its removed nodes (nothing is sent). Main thread."""
+        if self.current is not None and self.current.watch is not None:
+            self.current.watch.close()
+        self.current = None
+        self.uncertainty.forget_scene()
+
+    # ------------------------------------------------------------------ submit
+
+    def encode_submission(self, segmentation_node: Any, volume_node: Any) -> bytes:
+        """The segmentation as a labelmap file (``.nii.gz``, LPS, exactly the volume's grid). MRML; main thread.
+
+        Raises:
+            ClientError: not connected (label set unknown). MrmlBridgeError: segments that match no class, or a
+                bad reference volume.
+        """
+        return mrml.labelmap_bytes_from_segmentation(self.session.context, segmentation_node, volume_node,
+                                                     self.session.require_labels(), suffix=".nii.gz")
+
+    def upload_submission(self, case_id: str, data: bytes, annotator: str, no_finding: bool = False) -> Case:
+        """Send an encoded label. Network; worker thread.
+
+        Returns:
+            the case after submission (state ``labeled``).
+
+        Raises:
+            BackendRequestError: e.g. 422 an empty label without ``no_finding``, 409 leased by someone else.
+        """
+        return self.session.client.submit_label(case_id, data, annotator, no_finding=no_finding,
+                                                file_format=".nii.gz", timeout_s=max(self.session.timeout_s, 120.0))
+
+    def mark_submitted(self, case_id: str) -> None:
+        """The case's label reached the backend: its edits are no longer unsaved. Main thread."""
+        if self.current is not None and self.current.case_id == case_id and self.current.watch is not None:
+            self.current.watch.edited = False
+
+    # ------------------------------------------------------------------ one-call conveniences (scripts, tests)
+
+    def load_next_case(self, annotator: str) -> LoadedCase | None:
+        """Lease and load the most uncertain case, releasing the lease of the one shown (network + MRML).
+
+        Returns:
+            the loaded case, or ``None`` when no case is free.
+        """
+        previous = self.current.case_id if self.current is not None and self.current.annotator else None
+        download = self.fetch_next_case(annotator, release=previous)
+        if download is None:
+            return None
+        return self.build_case_nodes(download)
+
+    def submit(self, no_finding: bool = False) -> Case:
+        """Encode and submit the current case's segmentation (network + MRML; for scripts and tests).
+
+        Raises:
+            ClientError: no case loaded. MrmlBridgeError / BackendRequestError: see the two steps.
+        """
+        loaded = self.current
+        if loaded is None:
+            raise ClientError("no case loaded: load the next case before submitting")
+        data = self.encode_submission(loaded.segmentation_node, loaded.volume_node)
+        case = self.upload_submission(loaded.case_id, data, loaded.annotator, no_finding=no_finding)
+        self.mark_submitted(loaded.case_id)
+        return case

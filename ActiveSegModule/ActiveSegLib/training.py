@@ -1,0 +1,189 @@
+"""The Logic's "Train" section: start a training round, follow and cancel its job, plot the learning curve.
+
+Threading: ``retrain``, the job calls (``poll_job``, ``cancel_job``, ``wait_for_job``) and
+``learning_curve`` talk to the backend (worker thread); ``update_learning_curve_plot`` touches MRML (main thread).
+:class:`JobWatch` decides when the widget's poll timer stops: when the job finished, when the backend no longer
+knows it, or after a few polls in a row found no backend at all (it died or the network is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import vtk
+
+from . import mrml
+from .errors import BackendRequestError, BackendUnavailableError, ClientError
+from .responses import CurvePoint, Job
+from .session import BackendSession
+
+__all__ = ["JobWatch", "TrainingSection", "PLOT_TABLE", "PLOT_CHART"]
+
+logger = logging.getLogger(__name__)
+
+PLOT_TABLE = "ActiveSeg learning curve table"
+PLOT_CHART = "ActiveSeg learning curve"
+
+
+class JobWatch:
+    """When to stop polling a job.
+
+    Args:
+        job_id: the job.
+        max_unreachable: consecutive polls without an answer after which the backend is taken for gone.
+    """
+
+    def __init__(self, job_id: str, max_unreachable: int = 3) -> None:
+        self.job_id = job_id
+        self.max_unreachable = int(max_unreachable)
+        self.unreachable = 0
+        self.stopped_because = ""
+
+    def answered(self, job: Job) -> bool:
+        """A poll answered. Returns whether to keep polling (``False`` once the job finished)."""
+        self.unreachable = 0
+        if job.done:
+            self.stopped_because = job.status
+            return False
+        return True
+
+    def failed(self, exc: BaseException) -> bool:
+        """A poll failed. Returns whether to keep polling.
+
+        Polling stops on an unknown job (404: the backend was replaced or its job table reset), on any error that
+        is not about reachability, and after :attr:`max_unreachable` unreachable polls in a row.
+        """
+        if isinstance(exc, BackendUnavailableError):
+            self.unreachable += 1
+            if self.unreachable >= self.max_unreachable:
+                self.stopped_because = f"backend unreachable ({exc})"
+                return False
+            return True
+        self.stopped_because = str(exc) or type(exc).__name__
+        return False
+
+
+class TrainingSection:
+    """Training rounds and the learning curve.
+
+    Args:
+        session: the shared backend session.
+    """
+
+    def __init__(self, session: BackendSession) -> None:
+        self.session = session
+
+    def retrain(self, then_rank: bool = True) -> str:
+        """Start a training round (then re-rank: new queue, pseudo-labels, uncertainty maps). Network; worker thread.
+
+        Returns:
+            the job id.
+
+        Raises:
+            BackendRequestError: 409 ``job_running`` when a job already runs, 422 without labelled cases.
+        """
+        return self.session.client.start_train(then_rank=then_rank, write_pseudo=True).job_id
+
+    def poll_job(self, job_id: str) -> Job:
+        """The job's status, progress, error and last log lines. Network; worker thread."""
+        return self.session.client.job(job_id, log_lines=5)
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Ask the backend to stop a job (its process tree). Network. Poll until ``cancelled``."""
+        return self.session.client.cancel_job(job_id)
+
+    def wait_for_job(self, job_id: str, timeout_s: float = 600.0, interval_s: float = 0.5,
+                     progress: Callable[[Job], bool | None] | None = None) -> Job:
+        """Poll a job until it finishes (blocking; for scripts, tests and ``runTest``).
+
+        Args:
+            job_id: the job.
+            timeout_s: give up (and cancel the job) after this many seconds.
+            interval_s: seconds between polls.
+            progress: called with every polled status; returning ``False`` cancels the job.
+
+        Raises:
+            ClientError: the job did not finish within ``timeout_s`` (it is cancelled), or polling gave up
+                (see :class:`JobWatch`).
+        """
+        deadline = time.monotonic() + timeout_s
+        watch = JobWatch(job_id)
+        while True:
+            try:
+                job = self.poll_job(job_id)
+            except (BackendRequestError, BackendUnavailableError) as exc:
+                if not watch.failed(exc):
+                    raise ClientError(f"stopped following job {job_id}: {watch.stopped_because}") from exc
+                time.sleep(interval_s)
+                continue
+            if not watch.answered(job):
+                return job
+            if progress is not None and progress(job) is False:
+                self.cancel_job(job_id)
+                deadline = min(deadline, time.monotonic() + 60.0)
+            if time.monotonic() > deadline:
+                self.cancel_job(job_id)
+                raise ClientError(f"job {job_id} did not finish within {timeout_s:g} s; cancelled it")
+            time.sleep(interval_s)
+
+    def learning_curve(self) -> list[CurvePoint]:
+        """Validation Dice and final loss per model version, oldest first. Network; worker thread."""
+        return self.session.client.learning_curve()
+
+    def update_learning_curve_plot(self, points: list[CurvePoint]) -> Any:
+        """Show the learning curve as a Slicer plot: a table node, two series, one chart. MRML; main thread.
+
+        The nodes are created once and reused (found by name), so repeated updates do not pile up.
+
+        Args:
+            points: from :meth:`learning_curve`. Missing values are plotted as gaps (NaN).
+
+        Returns:
+            the ``vtkMRMLPlotChartNode`` (show it with the Plots module's ``ShowChartInLayout``).
+        """
+        table = self._named_node("vtkMRMLTableNode", PLOT_TABLE)
+        columns = {
+            "version": [float(p.version) for p in points],
+            "validation Dice": [math.nan if p.val_dice is None else float(p.val_dice) for p in points],
+            "final loss": [math.nan if p.final_loss is None else float(p.final_loss) for p in points],
+            "expert labels": [math.nan if p.n_expert is None else float(p.n_expert) for p in points],
+        }
+        vtk_table = vtk.vtkTable()
+        for name, values in columns.items():
+            array = vtk.vtkDoubleArray()
+            array.SetName(name)
+            for value in values:
+                array.InsertNextValue(value)
+            vtk_table.AddColumn(array)
+        table.SetAndObserveTable(vtk_table)
+        table.Modified()
+        chart = self._named_node("vtkMRMLPlotChartNode", PLOT_CHART)
+        chart.SetTitle("ActiveSeg learning curve")
+        chart.SetXAxisTitle("model version")
+        chart.SetYAxisTitle("Dice / loss")
+        for y_column, color in (("validation Dice", (0.2, 0.6, 0.2)), ("final loss", (0.8, 0.3, 0.2))):
+            series = self._named_node("vtkMRMLPlotSeriesNode", f"ActiveSeg {y_column}")
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName("version")
+            series.SetYColumnName(y_column)
+            series.SetPlotType(series.PlotTypeScatter)
+            series.SetMarkerStyle(series.MarkerStyleCircle)
+            series.SetColor(*color)
+            if not chart.HasPlotSeriesNodeID(series.GetID()):
+                chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        logger.debug("learning curve plot updated with %d points", len(points))
+        return chart
+
+    def _named_node(self, class_name: str, name: str) -> Any:
+        scene = self.session.context.scene
+        for index in range(scene.GetNumberOfNodesByClass(class_name)):
+            node = scene.GetNthNodeByClass(index, class_name)
+            if node.GetName() == name and node.GetAttribute(mrml.ROLE_ATTRIBUTE) == "plot":
+                return node
+        node = scene.AddNewNodeByClass(class_name, name)
+        node.SetAttribute(mrml.ROLE_ATTRIBUTE, "plot")
+        return node
