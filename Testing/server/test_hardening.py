@@ -311,6 +311,23 @@ def test_start_on_a_locked_store_exits_with_one_line(tmp_path: Path) -> None:
     assert elapsed < 30
 
 
+def test_write_under_another_process_lock_answers_503_quickly(hard: LiveServer) -> None:
+    """Before: the write hung 30 s on SQLite's lock, then answered an opaque 500."""
+    holder = sqlite3.connect(Datastore(hard.store).db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.perf_counter()
+        response = hard.client.post("/v1/cases/phantom_004/lease", params={"annotator": "ann"})
+        elapsed = time.perf_counter() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "store_locked" and response.headers["retry-after"]
+    assert elapsed < 15
+    assert hard.client.post("/v1/cases/phantom_004/lease", params={"annotator": "ann"}).status_code == 200
+
+
 def test_full_disk_answers_507_and_keeps_the_acknowledged_label(tmp_path: Path) -> None:
     """Before: 200 with a 0-byte label committed, the previous label deleted; GET label then 422."""
     store, source = make_store(tmp_path, count=5)

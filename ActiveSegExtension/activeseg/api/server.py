@@ -36,6 +36,7 @@ from activeseg.api.guards import DEFAULT_BODY_IDLE_TIMEOUT_S, DEFAULT_MAX_JSON_B
 from activeseg.io.atomic import TEMP_MARKER, storage_error
 from activeseg.store.case_ids import CASE_ID_PATTERN
 from activeseg.store.datastore import Datastore
+from activeseg.store.sqlite_tx import set_lock_wait
 from activeseg.errors import ActiveSegError, ConfigError, StorageError
 from activeseg.jobs.runner import JobRunner, JobTable
 
@@ -52,6 +53,8 @@ URL_LINE_PREFIX = "ACTIVESEG_SERVER_URL="
 RECOVER_MIN_AGE_S = 60.0
 # How long start-up waits for another process's write lock on the database before giving up with one line.
 STARTUP_LOCK_WAIT_S = 5.0
+# How long a request waits for another process's database lock before answering 503 store_locked.
+REQUEST_LOCK_WAIT_S = 5.0
 
 
 def create_app(
@@ -79,6 +82,7 @@ def create_app(
         DatastoreError: ``store_path`` is not a datastore.
     """
     token = token or None  # an empty token is no token (it used to make every request 401)
+    set_lock_wait(REQUEST_LOCK_WAIT_S)  # this process serves requests: "locked, retry" after 5 s, not a 30 s hang
     store = Datastore(store_path)
     table = JobTable(store.meta_dir)
     runner = JobRunner(store.root, table)
