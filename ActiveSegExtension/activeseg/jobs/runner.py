@@ -308,7 +308,9 @@ class JobRunner:
         job = self.table.create(kind, params)
         self.table.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.table.log_path(job.job_id)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The worker compares its parent with this pid: a server that dies even before the worker has started
+        # is noticed (reading the parent only once started would already see init).
+        env = dict(os.environ, PYTHONUNBUFFERED="1", ACTIVESEG_SERVER_PID=str(os.getpid()))
         try:
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(

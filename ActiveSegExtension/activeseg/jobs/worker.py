@@ -3,8 +3,11 @@
 It runs the job's kind (train, rank, pseudo-label) against the datastore, writes throttled progress into the
 job's row and logs into its stdout (the server points that at ``.activeseg/jobs/<job_id>.log``), then records
 the outcome. SIGTERM asks it to stop at the next progress report (the engine raises TrainingCancelled and
-writes nothing half-done); the server follows with SIGKILL if it does not. It also stops when its server
-died (its parent changed), so a crashed server leaves no worker holding the GPU.
+writes nothing half-done); the server follows with SIGKILL if it does not. It dies with its server: a
+watchdog thread compares its parent with the server pid the runner passed (``$ACTIVESEG_SERVER_PID``) every
+0.2 s from the start, and when they differ it marks the job interrupted and kills its own process group
+(the datastore is crash-safe, so a kill at any point loses nothing acknowledged). So a crashed server leaves
+no worker holding the GPU or committing a model nobody asked for any more.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -28,6 +32,45 @@ __all__ = ["ProgressReporter", "execute", "main"]
 logger = logging.getLogger("activeseg.jobs.worker")
 
 _MIN_WRITE_INTERVAL_S = 0.5  # at most 2 database writes per second
+_WATCHDOG_INTERVAL_S = 0.2
+SERVER_PID_ENV = "ACTIVESEG_SERVER_PID"
+
+
+def server_pid() -> int:
+    """The pid of the server that started this worker (``$ACTIVESEG_SERVER_PID``), else the current parent."""
+    value = os.environ.get(SERVER_PID_ENV, "")
+    return int(value) if value.isdigit() else os.getppid()
+
+
+def orphaned(expected_parent: int) -> bool:
+    """Whether the server died: this process's parent is no longer ``expected_parent``."""
+    return os.getppid() != expected_parent
+
+
+def start_watchdog(table: JobTable, job_id: str, expected_parent: int) -> threading.Thread:
+    """A daemon thread that ends this worker's process group as soon as its server is gone.
+
+    Before the kill it records the job as interrupted (first writer wins, so a restarted server's recovery
+    and this agree).
+    """
+
+    def watch() -> None:
+        while not orphaned(expected_parent):
+            time.sleep(_WATCHDOG_INTERVAL_S)
+        logger.error("the server process (pid %d) ended; this worker stops now", expected_parent)
+        try:
+            table.finish(job_id, "interrupted", error="interrupted: the server stopped while this job was running")
+        except Exception:  # noqa: BLE001 - the kill below matters more than the record
+            pass
+        try:
+            if os.getpgrp() == os.getpid():  # its own group (the runner starts it so): data loaders die too
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+        finally:
+            os._exit(3)
+
+    thread = threading.Thread(target=watch, name="server-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 class ProgressReporter:
@@ -46,7 +89,7 @@ class ProgressReporter:
         self.latest: dict[str, Any] = {"phase": "starting"}
         self.cancelled = False
         self.orphaned = False
-        self._parent = os.getppid()
+        self._parent = server_pid()
         self._last_write = 0.0
         self._last_epoch: tuple[Any, Any] | None = None
         # Per-epoch (epoch, loss, val_dice) of this job so far: clients draw a live loss/Dice curve from it.
@@ -152,6 +195,8 @@ def execute(store_root: Path, job_id: str) -> str:
     table = JobTable(store.meta_dir)
     job = table.get(job_id)
     progress = ProgressReporter(table, job_id)
+    if threading_is_main() and SERVER_PID_ENV in os.environ:
+        start_watchdog(table, job_id, server_pid())
     if threading_is_main():
         signal.signal(signal.SIGTERM, progress.request_cancel)
     logger.info("job %s: %s %s (pid %d)", job_id, job.kind, job.params, os.getpid())
@@ -185,8 +230,6 @@ def execute(store_root: Path, job_id: str) -> str:
 
 def threading_is_main() -> bool:
     """Signal handlers can only be installed from the main thread (tests call :func:`execute` from others)."""
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
