@@ -222,6 +222,18 @@ def test_get_on_a_job_start_path_is_405(hard: LiveServer) -> None:
         assert response.headers["allow"] == "POST"
 
 
+def test_cancelling_a_finished_job_says_so_not_job_running(hard: LiveServer) -> None:
+    from activeseg.jobs.runner import JobTable
+
+    table = JobTable(hard.store / ".activeseg")
+    job = table.create("rank", {})
+    table.finish(job.job_id, "succeeded", result={})
+    response = hard.client.post(f"/v1/jobs/{job.job_id}/cancel")
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "job_finished" and "succeeded" in error["message"], error
+
+
 def test_openapi_declares_the_bearer_scheme_and_the_case_id_pattern(hard: LiveServer) -> None:
     from activeseg.store.case_ids import CASE_ID_PATTERN
 

@@ -37,6 +37,7 @@ from activeseg.store.sqlite_tx import transaction
 __all__ = [
     "FINAL_STATES",
     "JobConflictError",
+    "JobFinishedError",
     "UnknownJobError",
     "JobRecord",
     "JobTable",
@@ -72,6 +73,13 @@ class JobConflictError(ActiveSegError):
     """A job was requested while another one runs."""
 
     code = "job_running"
+    http_status = 409
+
+
+class JobFinishedError(ActiveSegError):
+    """An action on a job that has already ended (e.g. cancelling it)."""
+
+    code = "job_finished"
     http_status = 409
 
 
@@ -219,13 +227,13 @@ class JobTable:
         return cursor.rowcount == 1
 
     def request_cancel(self, job_id: str) -> JobRecord:
-        """Flag a running job for cancellation. Raises UnknownJobError; JobConflictError if it already ended."""
+        """Flag a running job for cancellation. Raises UnknownJobError; JobFinishedError if it already ended."""
         with self._connect(write=True) as connection:
             row = connection.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise UnknownJobError(f"unknown job id {job_id!r}")
             if row["status"] != "running":
-                raise JobConflictError(f"job {job_id} already ended ({row['status']})")
+                raise JobFinishedError(f"job {job_id} already ended ({row['status']}); there is nothing to cancel")
             connection.execute("UPDATE jobs SET cancel_requested = 1, updated = ? WHERE job_id = ?", (time.time(), job_id))
         return self.get(job_id)
 
@@ -354,7 +362,7 @@ class JobRunner:
         """Ask a running job to stop: SIGTERM to its process group, SIGKILL after the grace period.
 
         Raises:
-            UnknownJobError: no such job. JobConflictError: it already ended.
+            UnknownJobError: no such job. JobFinishedError: it already ended.
         """
         job = self.table.request_cancel(job_id)
         with self._lock:
