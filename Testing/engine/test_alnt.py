@@ -331,3 +331,51 @@ def test_class_weights_lift_rare_classes_and_flow_into_alnt() -> None:
     model.zero_grad()
     balanced = alnt_backward(model, images, labels, images, labels, AlntConfig(), loss=DeepSupervisionLoss(torch.tensor([0.5, 1.0, 20.0])))
     assert float(plain.loss) != pytest.approx(float(balanced.loss))
+
+
+@pytest.mark.parametrize("objective", ["expert+weighted", "weighted"])
+def test_class_weights_reach_every_loss_on_both_paths(objective: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With non-uniform class weights, the fused step and the unfused one (weights, then the objective's
+    backward; taken with active dropout) give the same weights, loss and gradients, and both equal the objective
+    built from the weighted loss by hand. Before the loss became one object, the unfused path dropped the class
+    weights from its pseudo losses while the fused path kept them, and nothing compared the two."""
+    import activeseg.method.alnt as alnt
+    from activeseg.model.loss import DeepSupervisionLoss
+
+    settings = AlntConfig(objective=objective, lambda_=0.5, rectify=False)
+    loss = DeepSupervisionLoss(torch.tensor([0.2, 1.0, 25.0], dtype=torch.float64))  # far from uniform
+    expert, pseudo = _batch(21, torch.float64), _batch(22, torch.float64)
+    model = _tiny(torch.float64)
+    params = list(model.parameters())
+
+    # Reference: weights from compute_alnt_weights, objective from the weighted per-sample losses, autograd.
+    reference = compute_alnt_weights(model, *expert, *pseudo, settings, loss=loss)
+    objective_value = alnt_objective(
+        loss.per_sample(model(expert[0]), expert[1]), loss.per_sample(model(pseudo[0]), pseudo[1]),
+        reference.weights, settings, pseudo_scale=0.3,
+    )
+    want = torch.autograd.grad(objective_value, params)
+
+    def step(force_unfused: bool) -> tuple[object, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        # The unfused path is the one taken with active dropout; forcing it on this dropout-free network
+        # keeps both paths on identical, deterministic forwards.
+        monkeypatch.setattr(alnt, "_has_active_dropout", lambda _model: force_unfused)
+        result = alnt_backward(model, *expert, *pseudo, settings, pseudo_scale=0.3, loss=loss)
+        return result, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+
+    fused, fused_grads = step(force_unfused=False)
+    unfused, unfused_grads = step(force_unfused=True)
+    assert fused.fused and not unfused.fused
+    for result, grads in ((fused, fused_grads), (unfused, unfused_grads)):
+        torch.testing.assert_close(result.alnt.weights, reference.weights)
+        torch.testing.assert_close(result.loss, objective_value.detach())
+        for got, expected in zip(grads, want):
+            torch.testing.assert_close(got, expected)
+    # The class weights matter here: without them the reference objective is a different number.
+    unweighted = alnt_objective(
+        per_sample_deep_supervision_loss(model(expert[0]), expert[1]),
+        per_sample_deep_supervision_loss(model(pseudo[0]), pseudo[1]),
+        reference.weights, settings, pseudo_scale=0.3,
+    )
+    assert float(unweighted.detach()) != pytest.approx(float(objective_value.detach()), rel=1e-3)

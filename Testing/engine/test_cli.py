@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 
 from activeseg.experiments.demo import run_demo
+from activeseg.io.seg_nrrd import read_segmentation_labelmap
+from activeseg.store.cases import CaseState
+from activeseg.store.datastore import Datastore
 
-from .conftest import PHANTOM_SHAPE, tiny_config
-
-TINY = [
-    "--set", "network.channels=4,8,16,16", "--set", "training.patch_size=16,32,32",
-    "--set", "training.epochs_first=1", "--set", "training.steps_per_epoch=2",
-]
+from ..tiny import PHANTOM_SHAPE, tiny_config, tiny_set_args
 
 
 def activeseg(*args: str) -> subprocess.CompletedProcess[str]:
@@ -29,12 +27,13 @@ def test_init_train_rank_queue_status(phantom_source: Path, tmp_path: Path) -> N
     shutil.copytree(phantom_source, source)
     (source / "imagesTr" / "phantom_009.nii.gz").write_bytes(b"not an image")
     store = tmp_path / "store"
-    result = activeseg("init", str(store), "--from", str(source), "--with-labels", *TINY)
+    result = activeseg("init", str(store), "--from", str(source), "--with-labels", *tiny_set_args())
     assert result.returncode == 0, result.stderr
     assert "phantom_009.nii.gz" in result.stderr and "skipped" in result.stderr
     assert "9 case(s)" in result.stderr
     config = json.loads(activeseg("config", "--data", str(store)).stdout)
-    assert config["labels"] == {"1": "lung", "2": "lesion"} and config["network"]["channels"] == [4, 8, 16, 16]
+    assert config["labels"] == {"1": "lung", "2": "lesion"}
+    assert config["network"]["channels"] == list(tiny_config().network.channels)  # the --set values were saved
     changed = activeseg("config", "--data", str(store), "--set", "alnt.lambda=1", "--set", "alnt.rectify=false")
     assert changed.returncode == 0, changed.stderr
     assert json.loads(changed.stdout)["alnt"]["lambda_"] == 1.0
@@ -65,11 +64,22 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     config = tiny_config()
     config.val_fraction = 0.25
     config.dsal.strong_per_round = 2
-    summary = run_demo(tmp_path / "demo", cases=8, rounds=2, initial_labels=2, progress=False, config=config, shape=PHANTOM_SHAPE)
+    config.dsal.confidence_bins = 1  # every scored case may be pseudo-labelled: the tiny model is not confident
+    # 12 cases: 3 validation, 9 training; 2 + 2 labelled leave 5 to rank in round 2, so the weak set is not empty
+    summary = run_demo(tmp_path / "demo", cases=12, rounds=2, initial_labels=2, progress=False, config=config, shape=PHANTOM_SHAPE)
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert summary["rounds"][1]["expert"] == 2 + 2  # the radiologist labelled round 1's queue
     assert summary["curve"].is_file() and summary["curve"].stat().st_size > 1000
-    assert all(p.name.endswith(".seg.nrrd") and p.is_file() for p in summary["pseudo_labels"])
+    # the last ranking's pseudo-labels are written out as Slicer segmentations over their images
+    pseudo = summary["pseudo_labels"]
+    assert len(pseudo) == summary["rounds"][-1]["new_pseudo"] > 0
+    store = Datastore(tmp_path / "demo" / "store")
+    for path in pseudo:
+        assert path.name.endswith(".seg.nrrd")
+        case_id = path.name.removesuffix(".seg.nrrd")
+        assert store.case(case_id).state == CaseState.PSEUDO
+        labelmap = read_segmentation_labelmap(path, store.config.labels)
+        assert labelmap.geometry == store.image_geometry(case_id) and labelmap.array.any()
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from activeseg.store.datastore import Datastore
+from activeseg.store.datastore import Datastore, ScoreRecord
 from activeseg.errors import (
     CaseStateError,
     DatastoreError,
@@ -29,7 +29,7 @@ from activeseg.errors import (
 )
 from activeseg.io.volumes import Volume, read_volume
 
-from .conftest import image_pairs, tiny_config
+from .conftest import create_store, image_pairs, tiny_config
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -39,9 +39,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture()
 def store(phantom_source: Path, tmp_path: Path) -> Datastore:
-    datastore, problems = Datastore.create(tmp_path / "store", image_pairs(phantom_source), tiny_config(), seed=1)
-    assert problems == []
-    return datastore
+    return create_store(tmp_path / "store", phantom_source, seed=1)
 
 
 def truth(phantom_source: Path, case_id: str) -> Volume:
@@ -147,16 +145,49 @@ def test_expired_lease_is_free_again(store: Datastore) -> None:
     assert store.lease(case_id, "bob").lease_holder == "bob"
 
 
-def test_queue_keeps_leased_cases_and_orders_by_score(store: Datastore) -> None:
-    from activeseg.store.datastore import ScoreRecord
-
+def test_requeueing_keeps_leased_cases(store: Datastore) -> None:
     train = [c.case_id for c in store.cases(split="train")]
     store.set_queue(train[:2])
     store.lease(train[0], "alice")
     store.set_queue(train[2:4])
     states = {c.case_id: c.state for c in store.cases()}
     assert states[train[0]] == "queued" and states[train[1]] == "unlabeled"
-    assert states[train[2]] == "queued"
+    assert states[train[2]] == "queued" and states[train[3]] == "queued"
+
+
+def _register_model(store: Datastore, tmp_path: Path) -> int:
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    return store.add_model(weights, {}, parent=None).version
+
+
+def test_queue_order_validation_first_then_ascending_mdsc(store: Datastore, tmp_path: Path) -> None:
+    """Unlabelled validation cases lead; then ascending M-DSC under the active model, larger predicted
+    foreground first among equal M-DSC, then case id; unscored cases last. The scores are given in an order
+    that case ids, insertion or descending M-DSC would all get wrong."""
+    train = [c.case_id for c in store.cases(split="train")]  # id order
+    val = [c.case_id for c in store.cases(split="val")]
+    version = _register_model(store, tmp_path)
+    mdsc = {train[0]: 0.9, train[1]: 0.2, train[2]: 0.5, train[3]: 0.2, train[4]: 0.7}
+    foreground = {train[0]: 1.0, train[1]: 1.0, train[2]: 1.0, train[3]: 3.0, train[4]: 1.0}
+    store.store_scores([ScoreRecord(cid, version, m, 0.9, foreground[cid], "strong") for cid, m in mdsc.items()])
+    # Scores of another version must not decide the order of the active one's queue.
+    store.store_scores([ScoreRecord(cid, version + 1, 1.0 - m, 0.9, 1.0, "strong") for cid, m in mdsc.items()])
+    store.set_queue([train[5], *reversed(list(mdsc)), val[1], val[0]])
+    want = [val[0], val[1], train[3], train[1], train[2], train[4], train[0], train[5]]
+    order = [record.case_id for record, _ in store.queue()]
+    assert order == want
+    scores = [score.mdsc if score else None for _, score in store.queue()]
+    assert scores == [None, None, 0.2, 0.2, 0.5, 0.7, 0.9, None]
+    # Leasing serves the same order, skipping what another annotator holds; an annotator gets her own back.
+    store.lease(want[1], "bob")
+    served = [store.lease_next(name) for name in ("alice", "carol", "dave", "alice")]
+    assert [r.case_id for r in served if r is not None] == [want[0], want[2], want[3], want[0]]
+    # Activating another version re-orders by its scores.
+    store.add_model(tmp_path / "w.pt", {}, parent=version)
+    assert store.active_version() == version + 1
+    strong = [record.case_id for record, _ in store.queue() if record.split == "train"]
+    assert strong == [train[0], train[4], train[2], train[1], train[3], train[5]]
 
 
 def test_model_versions_are_never_overwritten_and_can_roll_back(store: Datastore, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Helpers shared by the server tests and the API benchmark: tiny datastores, a real server subprocess,
-and a fingerprint of a datastore's files for "nothing changed" checks."""
+"""Helpers shared by the server tests and the API benchmark: a real server subprocess and a fingerprint of a
+datastore's files for "nothing changed" checks; tiny datastores come from ``Testing/tiny.py`` (re-exported)."""
 
 from __future__ import annotations
 
@@ -16,47 +16,12 @@ from pathlib import Path
 
 import httpx
 
-from activeseg.config import Config
-from activeseg.store.datastore import Datastore
-from activeseg.experiments.phantoms import write_phantom_dataset
 from activeseg.api.server import URL_LINE_PREFIX
 
-__all__ = ["tiny_config", "make_store", "ServerProcess", "store_fingerprint", "label_path", "wait_for_job"]
+from ..tiny import PHANTOM_SHAPE as SHAPE
+from ..tiny import make_store, tiny_config
 
-SHAPE = (16, 32, 32)
-
-
-def tiny_config() -> Config:
-    """A configuration whose network and training rounds take seconds on one CPU core."""
-    config = Config()
-    config.network.channels = (4, 8, 8, 16)
-    config.training.patch_size = (16, 32, 32)
-    config.training.batch_size = 1
-    config.training.epochs_first = 1
-    config.training.epochs_per_round = 1
-    config.training.steps_per_epoch = 2
-    config.training.num_threads = 1
-    config.training.device = "cpu"
-    config.alnt.pseudo_batch_size = 1
-    config.dsal.strong_per_round = 2
-    config.dsal.weak_start_round = 1
-    config.dsal.weak_initial = 2
-    return config
-
-
-def make_store(root: Path, count: int = 8, config: Config | None = None) -> tuple[Path, Path]:
-    """Write ``count`` tiny phantoms and create a datastore from their images (labels are not imported).
-
-    Returns:
-        (datastore folder, phantom folder with ``imagesTr/`` and ``labelsTr/``).
-    """
-    source = root / "phantoms"
-    write_phantom_dataset(source, count=count, shape=SHAPE)
-    images = sorted((source / "imagesTr").glob("*.nii.gz"))
-    store_root = root / "store"
-    Datastore.create(store_root, [(p.name[: -len(".nii.gz")], p) for p in images], config or tiny_config())
-    return store_root, source
-
+__all__ = ["SHAPE", "tiny_config", "make_store", "ServerProcess", "store_fingerprint", "label_path", "wait_for_job"]
 
 def label_path(source: Path, case_id: str) -> Path:
     """The ground-truth label file of a phantom case."""
