@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from activeseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "NetworkConfig",
@@ -28,49 +31,77 @@ __all__ = [
 
 @dataclass
 class NetworkConfig:
-    """Deeply supervised 3D U-Net shape.
+    """Deeply supervised 3D U-Net shape (``model/network.py``); by default planned from the data.
 
     Attributes:
-        channels: feature channels per resolution level, finest first. Four levels = three 2x
-            down-samplings, so inputs are padded to a multiple of 8 voxels per axis.
-        dropout: dropout probability in the decoder blocks, active in training (regularisation) and sampled by
-            the MC-dropout baseline at inference. DSAL itself needs none; with 0, ALNT's step is cheaper
-            (it reuses the expert backward, see ``alnt.alnt_backward``).
+        channels: feature channels per resolution level, finest first (at least 3 levels). Empty = planned:
+            ``base_channels`` doubled per level up to ``max_channels``, as many levels as the plan's strides.
+        base_channels: planned channels at full resolution.
+        max_channels: cap of the planned channels.
+        dropout: dropout probability in the decoder blocks, active in training and sampled by the MC-dropout
+            baseline. 0 by default: DSAL needs none, and without it ALNT's step reuses the expert backward (fused).
     """
 
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    dropout: float = 0.1
+    channels: tuple[int, ...] = ()
+    base_channels: int = 16
+    max_channels: int = 256
+    dropout: float = 0.0
 
 
 @dataclass
 class TrainingConfig:
-    """One training round.
+    """One training round. Empty or zero values are taken from the plan (``activeseg status`` shows it).
 
     Attributes:
-        patch_size: training crop and sliding-window size, voxels, array order (k, j, i) = (z, y, x).
-        batch_size: crops per step.
-        epochs_first: epochs of the first round (no earlier model). DSAL: 15 first, 10 per round.
-        epochs_per_round: epochs when fine-tuning from the active model.
-        steps_per_epoch: optimiser steps per epoch (crops are random, so an epoch is a step count).
-        learning_rate: Adam learning rate.
-        foreground_crop_fraction: share of crops centred on a foreground voxel (class balance for small lesions).
-        seed: random seed of crops and initialisation.
+        patch_size: crop and sliding-window size, voxels, array order (k, j, i) = (z, y, x); empty = planned.
+        target_spacing: mm per voxel the network sees, (k, j, i); empty = planned (median spacing).
+        max_patch_voxels: the plan's memory budget for one crop; 0 = 128^3 on CUDA, 64^3 on the CPU.
+        batch_size: expert crops per step.
+        epochs_first: validation points of a round trained from scratch (an "epoch" is a share of the round's steps).
+        epochs_per_round: validation points of a warm-started round.
+        steps_per_epoch: optimiser steps per epoch; 0 = the round's budget (below) divided by the epochs.
+        steps_base: a round's budget: ``steps_base + steps_per_label * labelled volumes``, at most ``max_steps``.
+        steps_per_label: see ``steps_base``.
+        max_steps: see ``steps_base``.
+        optimizer: "adamw" (AdamW, linear warm-up then cosine decay) or "sgd" (SGD, Nesterov momentum 0.99, poly
+            decay, as nnU-Net).
+        learning_rate: peak learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        warmup_fraction: share of the round's steps with a linearly rising learning rate.
+        warm_start: start a round from the active model's weights (and its plan) instead of from scratch.
+        foreground_crop_fraction: share of crops centred on a foreground voxel (nnU-Net: 1/3).
+        augment: MONAI random augmentation of training crops (``model/sampling.py``).
+        flip_axes: axes (array order) mirrored by augmentation and test-time augmentation.
+        tta_flips: mirror test-time augmentation at inference (1 + len(flip_axes) passes; off: one pass).
+        loader_workers: DataLoader worker processes preparing batches (0 = in the training process).
+        seed: random seed of crops, augmentation and initialisation.
         device: "auto" (CUDA when available), "cpu" or "cuda".
-        amp: mixed precision on CUDA (ignored on CPU).
+        amp: bfloat16 autocast on CUDA (ignored on CPU).
         num_threads: torch CPU threads (0 = torch's default).
         class_balance: weight the cross-entropy per class by inverse square-root voxel frequency of the expert
-            labels (``losses.balanced_class_weights``), so small classes (lesions) are learned within a short
-            budget. Off by default until the label-efficiency evaluation has been re-run with it; the demo
-            turns it on.
+            labels (``model.loss.balanced_class_weights``), for small lesions within a short budget.
     """
 
-    patch_size: tuple[int, int, int] = (32, 64, 64)
+    patch_size: tuple[int, ...] = ()
+    target_spacing: tuple[float, ...] = ()
+    max_patch_voxels: int = 0
     batch_size: int = 2
-    epochs_first: int = 15
+    epochs_first: int = 10
     epochs_per_round: int = 10
-    steps_per_epoch: int = 8
+    steps_per_epoch: int = 0
+    steps_base: int = 250
+    steps_per_label: int = 25
+    max_steps: int = 4000
+    optimizer: str = "adamw"
     learning_rate: float = 2e-3
-    foreground_crop_fraction: float = 0.67
+    weight_decay: float = 3e-5
+    warmup_fraction: float = 0.05
+    warm_start: bool = False
+    foreground_crop_fraction: float = 0.33
+    augment: bool = True
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    tta_flips: bool = False
+    loader_workers: int = 0
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -124,18 +155,15 @@ class AlntConfig:
 
 @dataclass
 class IntensityConfig:
-    """Intensity normalisation of images before the network.
+    """Intensity normalisation of images before the network; the numbers come from the plan (``model/plan.py``).
 
     Attributes:
-        mode: "ct" clips Hounsfield units to [window_min, window_max] and scales to [-1, 1];
-            "zscore" subtracts the volume's mean and divides by its standard deviation (MRI).
-        window_min: lower HU clip for "ct".
-        window_max: upper HU clip for "ct".
+        mode: "ct" (Hounsfield units): clip to the labelled foreground's 0.5-99.5 percentiles, then z-score with
+            the foreground's mean and sd, one transform for all cases; "zscore" (MRI and others): each volume
+            minus its mean, divided by its standard deviation.
     """
 
     mode: str = "ct"
-    window_min: float = -1000.0
-    window_max: float = 1000.0
 
 
 @dataclass
@@ -176,8 +204,16 @@ class Config:
             raise ConfigError(f"intensity.mode must be 'ct' or 'zscore', got {self.intensity.mode!r}")
         if self.training.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"training.device must be auto, cpu or cuda, got {self.training.device!r}")
-        if any(p % 8 for p in self.training.patch_size):
-            raise ConfigError(f"training.patch_size must be multiples of 8, got {self.training.patch_size}")
+        if self.training.patch_size and (len(self.training.patch_size) != 3 or min(self.training.patch_size) < 1):
+            raise ConfigError(f"training.patch_size must be three positive sizes (k,j,i), got {self.training.patch_size}")
+        if self.training.target_spacing and (len(self.training.target_spacing) != 3 or min(self.training.target_spacing) <= 0):
+            raise ConfigError(f"training.target_spacing must be three positive mm values (k,j,i), got {self.training.target_spacing}")
+        if self.network.channels and len(self.network.channels) < 3:
+            raise ConfigError(f"network.channels needs at least 3 levels (DSAL's 1/2 and 1/4 heads), got {self.network.channels}")
+        if self.training.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"training.optimizer must be adamw or sgd, got {self.training.optimizer!r}")
+        if any(a not in (0, 1, 2) for a in self.training.flip_axes):
+            raise ConfigError(f"training.flip_axes must be array axes 0, 1, 2, got {self.training.flip_axes}")
         if self.dsal.confidence_bins < 1 or self.dsal.strong_per_round < 0:
             raise ConfigError("dsal.confidence_bins must be >= 1 and dsal.strong_per_round >= 0")
 
@@ -197,6 +233,9 @@ class Config:
             elif key in _SECTIONS:
                 section = getattr(config, key)
                 for name, item in value.items():
+                    if f"{key}.{name}" in _RETIRED:  # written by an earlier version; the plan replaced it
+                        logger.warning("ignoring the retired setting %s.%s (now planned from the data)", key, name)
+                        continue
                     _set_field(section, name, item, f"{key}.{name}")
             elif key in ("val_fraction", "lease_seconds"):
                 setattr(config, key, float(value))
@@ -219,6 +258,10 @@ class Config:
 
 
 _SECTIONS = ("network", "training", "dsal", "alnt", "intensity")
+# Settings of earlier versions that the plan replaced: ignored (with a warning) when an old config.json has them.
+_RETIRED = {"intensity.window_min", "intensity.window_max"}
+# Tuple settings whose items are floats (all others hold integers).
+_FLOAT_TUPLES = {"target_spacing"}
 
 
 def _set_field(section: Any, name: str, value: Any, dotted: str) -> None:
@@ -233,8 +276,8 @@ def _set_field(section: Any, name: str, value: Any, dotted: str) -> None:
         if isinstance(current, bool):
             converted: Any = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
         elif isinstance(current, tuple):
-            items = value.split(",") if isinstance(value, str) else value
-            converted = tuple(int(v) for v in items)
+            items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+            converted = tuple((float if name in _FLOAT_TUPLES else int)(v) for v in items)
         elif isinstance(current, int):
             converted = int(value)
         elif isinstance(current, float):

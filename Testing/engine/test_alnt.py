@@ -22,7 +22,8 @@ from activeseg.config import AlntConfig, IntensityConfig
 from activeseg.model.loss import per_sample_deep_supervision_loss
 from activeseg.model.network import DeepSupervisedUNet3D, build_network
 from activeseg.experiments.phantoms import make_phantom
-from activeseg.model.preprocessing import normalise_intensity
+from activeseg.model.plan import Plan
+from activeseg.model.preprocessing import normalise
 
 B = 3
 SHAPE = (16, 16, 16)
@@ -241,7 +242,9 @@ def test_disabled_gives_uniform_weights() -> None:
 
 def _phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:
     image, label = make_phantom(seed, shape=(16, 32, 32))
-    return normalise_intensity(image.array, IntensityConfig()).astype(np.float32), label.array.astype(np.int64)
+    # HU clipped to [-1000, 1000] and scaled to [-1, 1]: the CT normalisation with mean 0, sd 1000.
+    ct = Plan((10.0, 6.0, 6.0), (16, 32, 32), [(2, 2, 2)] * 3, (8, 16, 32, 32), 2, "ct", (-1000.0, 1000.0), 0.0, 1000.0)
+    return normalise(image.array, ct), label.array.astype(np.int64)
 
 
 def _stack(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:

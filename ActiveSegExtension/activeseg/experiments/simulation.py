@@ -52,9 +52,8 @@ from activeseg.store.datastore import Datastore
 from activeseg.store.cases import CaseState
 from activeseg.errors import ConfigError
 from activeseg.io.volumes import read_volume
-from activeseg.model.predictor import load_checkpoint, predict_heads, select_device
+from activeseg.model.predictor import Predictor, select_device
 from activeseg.store.initialise import init_datastore
-from activeseg.model.preprocessing import normalise_intensity
 from activeseg.store.sources import find_source
 from activeseg.experiments.oracle import SimulatedRadiologist
 from activeseg.experiments.strategies import STRATEGIES, get_strategy
@@ -115,9 +114,7 @@ def strategy_label(strategy: str, alnt: bool, pseudo: bool) -> str:
     return "dsal+alnt" if alnt else "dsal"
 
 
-def evaluate_test_split(
-    model: torch.nn.Module, cases: list[tuple[str, Path, Path]], config: Config, device: torch.device
-) -> dict[str, Any]:
+def evaluate_test_split(predictor: Predictor, cases: list[tuple[str, Path, Path]], config: Config) -> dict[str, Any]:
     """Dice of the main head's argmax on whole test volumes.
 
     Args:
@@ -128,13 +125,11 @@ def evaluate_test_split(
         A class absent from both truth and prediction of a case is not counted for that case; a class
         never counted scores 1 (the convention of :mod:`activeseg.method.metrics`, as validation uses).
     """
-    model.eval()
     scored: list[dict[int, float | None]] = []
     per_case: dict[str, dict[str, float]] = {}
     for case_id, image_path, label_path in cases:
-        image = normalise_intensity(read_volume(image_path).array, config.intensity)
         truth = read_volume(label_path, dtype=np.uint8).array
-        prediction = predict_heads(model, image, config.training.patch_size, device, config.training.amp).main.argmax(axis=0)
+        prediction = predictor.segment(read_volume(image_path))
         dice = dice_per_class(prediction, truth, config.labels)
         scored.append(dice)
         per_case[case_id] = {config.labels[value]: d for value, d in dice.items() if d is not None}
@@ -299,9 +294,9 @@ def simulate(
             train_s = time.perf_counter() - train_started
             if round_index == 0 and cache_file is not None:
                 _store_round0(cache_file, record.weights_path, {**record.metrics, "wall_s": train_s})
-        model = load_checkpoint(record.weights_path, device)
+        predictor = Predictor.from_checkpoint(record.weights_path, device, config.training.amp)
         eval_started = time.perf_counter()
-        dice = evaluate_test_split(model, test_cases, config, device)
+        dice = evaluate_test_split(predictor, test_cases, config)
         eval_s = time.perf_counter() - eval_started
         trained_pseudo = [c.case_id for c in store.cases(state=CaseState.PSEUDO)]
         row: dict[str, Any] = {

@@ -22,7 +22,7 @@ Registered names (where a baseline differs from its source is listed in the READ
 * ``mc-dropout``: MONAI Label's "epistemic" strategy: T stochastic passes with decoder dropout active
   (:func:`activeseg.model.predictor.enable_mc_dropout`), mean softmax of the main head, per-voxel entropy
   (natural log), averaged over the volume; the K highest-entropy cases (MONAI Label's own score is
-  variance-based). Each pass runs :func:`activeseg.model.predictor.predict_heads`,
+  variance-based). Each pass runs :meth:`activeseg.model.predictor.Predictor.predict_prepared`,
   which also computes the two auxiliary heads' softmax: a small overhead MC-dropout would not need
   (``bench_ranking_cost.py`` measures it both ways).
 * ``full``: no querying; the simulation labels the whole pool before the first round (the ceiling).
@@ -42,8 +42,8 @@ import torch
 from activeseg.store.datastore import Datastore
 from activeseg.store.cases import TRAINED_STATES
 from activeseg.errors import ModelVersionError
-from activeseg.model.predictor import enable_mc_dropout, load_checkpoint, predict_heads, select_device
-from activeseg.model.preprocessing import normalise_intensity
+from activeseg.io.volumes import Volume
+from activeseg.model.predictor import Predictor, enable_mc_dropout, select_device
 from activeseg.pipeline.ranking_round import rank_round
 
 __all__ = [
@@ -127,12 +127,12 @@ def predictive_entropy(probabilities: np.ndarray) -> float:
     return float(-(clipped * np.log(clipped)).sum(axis=0).mean())
 
 
-def _active_model(store: Datastore) -> tuple[torch.nn.Module, torch.device]:
+def _active_predictor(store: Datastore) -> Predictor:
     version = store.active_version()
     if version is None:
         raise ModelVersionError("no model yet: train a round before a model-based strategy selects")
-    device = select_device(store.config.training.device)
-    return load_checkpoint(store.model(version).weights_path, device), device
+    settings = store.config.training
+    return Predictor.from_checkpoint(store.model(version).weights_path, select_device(settings.device), settings.amp)
 
 
 class DsalStrategy:
@@ -183,13 +183,11 @@ class ForegroundRandomStrategy:
     def select(self, store: Datastore, k: int, rng: random.Random) -> Selection:
         """One deterministic main-head pass per unlabelled case; sample among those with foreground."""
         started = time.perf_counter()
-        model, device = _active_model(store)
-        config = store.config
+        predictor = _active_predictor(store)
         foreground: dict[str, float] = {}
         pool = unlabelled_pool(store)
         for case_id in pool:
-            image = normalise_intensity(store.load_image(case_id).array, config.intensity)
-            main = predict_heads(model, image, config.training.patch_size, device, config.training.amp).main
+            main = predictor.predict(store.load_image(case_id), on_source_grid=False).main
             foreground[case_id] = float((main.argmax(axis=0) > 0).sum())
         with_fg = [cid for cid in pool if foreground[cid] > 0]
         chosen = rng.sample(with_fg, min(k, len(with_fg)))
@@ -217,27 +215,25 @@ class McDropoutStrategy:
     def select(self, store: Datastore, k: int, rng: random.Random) -> Selection:
         """Score every unlabelled case by mean voxel entropy of the T-pass mean softmax; highest first."""
         started = time.perf_counter()
-        model, device = _active_model(store)
-        enable_mc_dropout(model)
+        predictor = _active_predictor(store)
+        enable_mc_dropout(predictor.model)
         # Dropout masks come from torch's global generator: seed it from the experiment's rng so the
         # same seed gives the same selections.
         torch.manual_seed(rng.randrange(2**31))
-        config = store.config
         entropy: dict[str, float] = {}
         for case_id in unlabelled_pool(store):
-            image = normalise_intensity(store.load_image(case_id).array, config.intensity)
-            entropy[case_id] = predictive_entropy(mc_mean_probabilities(model, image, self.passes, config.training.patch_size, device))
+            entropy[case_id] = predictive_entropy(mc_mean_probabilities(predictor, store.load_image(case_id), self.passes))
         ordered = sorted(entropy, key=lambda cid: (-round(entropy[cid], 9), cid))
         return Selection(strong=ordered[:k], scores=entropy, seconds=time.perf_counter() - started)
 
 
-def mc_mean_probabilities(
-    model: torch.nn.Module, image: np.ndarray, passes: int, patch_size: tuple[int, int, int], device: torch.device
-) -> np.ndarray:
-    """Mean main-head softmax over ``passes`` stochastic passes, (C, k, j, i); ``model`` in MC-dropout mode."""
+def mc_mean_probabilities(predictor: Predictor, volume: Volume, passes: int) -> np.ndarray:
+    """Mean main-head softmax over ``passes`` stochastic passes, (C, k, j, i) on the planned grid; the predictor's
+    model in MC-dropout mode (:func:`activeseg.model.predictor.enable_mc_dropout`)."""
+    image, _, pad = predictor.prepare(volume)
     total: np.ndarray | None = None
     for _ in range(passes):
-        main = predict_heads(model, image, patch_size, device, amp=False).main
+        main = predictor.predict_prepared(image, pad).main
         total = main if total is None else total + main
     assert total is not None
     return total / passes

@@ -1,64 +1,113 @@
-"""Intensity normalisation and random training crops. Arrays are (k, j, i) throughout."""
+"""Preprocessing as the plan prescribes: resampling to the planned spacing and back, intensity normalisation, and
+the one padding rule shared by training crops and sliding-window inference.
+
+Arrays are ``(k, j, i)`` throughout; geometry is SimpleITK's, in **LPS** (see :mod:`activeseg.io.volumes`).
+
+Resampling uses SimpleITK rather than MONAI's ``Spacingd``: the datastore's geometry is SimpleITK's (LPS, with
+direction cosines), and predictions must land back on each source image's exact grid. ``sitk.Resample`` onto the
+source image as reference does that by construction, with the same library in both directions; MONAI's
+``Spacingd`` would need an RAS affine built from that geometry and inverted again. Images are resampled linearly
+(nnU-Net uses third order; linear is several times cheaper on full-size CT on a CPU), labels by nearest neighbour.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
-from activeseg.config import IntensityConfig
+from activeseg.io.volumes import Geometry, Volume
+from activeseg.model.plan import Plan
 
-__all__ = ["normalise_intensity", "pad_to_shape", "sample_crop"]
+__all__ = ["needs_resampling", "resample_volume", "resample_to_grid", "planned_geometry", "normalise", "pad_value"]
+
+# Relative spacing difference below which a volume is used as it is (no interpolation blur for nothing).
+_SPACING_TOLERANCE = 0.02
 
 
-def normalise_intensity(array: np.ndarray, settings: IntensityConfig) -> np.ndarray:
-    """Map raw voxel values to the network's input range, float32.
+def _spacing_kji(geometry: Geometry) -> tuple[float, float, float]:
+    """Spacing in array order (k, j, i), mm."""
+    i, j, k = geometry.spacing
+    return (k, j, i)
 
-    ``ct``: clip HU to [window_min, window_max], scale linearly to [-1, 1].
-    ``zscore``: (x - mean) / sd over the whole volume (sd floored at 1e-6, so a constant image gives zeros).
+
+def needs_resampling(geometry: Geometry, target_spacing_kji: tuple[float, float, float]) -> bool:
+    """Whether the volume's spacing differs from the target by more than 2 % on any axis."""
+    return any(abs(s - t) > _SPACING_TOLERANCE * t for s, t in zip(_spacing_kji(geometry), target_spacing_kji))
+
+
+def planned_geometry(geometry: Geometry, target_spacing_kji: tuple[float, float, float]) -> Geometry:
+    """The grid covering the same physical extent at the target spacing (same origin and direction).
+
+    Sizes are rounded so that the extent ``size * spacing`` is kept to within half a voxel.
+    """
+    if not needs_resampling(geometry, target_spacing_kji):
+        return geometry
+    target_ijk = tuple(float(s) for s in reversed(target_spacing_kji))
+    size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(geometry.size, geometry.spacing, target_ijk))
+    return Geometry(size=size, spacing=target_ijk, origin=geometry.origin, direction=geometry.direction)  # type: ignore[arg-type]
+
+
+def _image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    return geometry.apply_to(sitk.GetImageFromArray(array))
+
+
+def _reference(geometry: Geometry) -> sitk.Image:
+    reference = sitk.Image([int(s) for s in geometry.size], sitk.sitkUInt8)
+    return geometry.apply_to(reference)
+
+
+def resample_to_grid(array: np.ndarray, source: Geometry, target: Geometry, *, is_label: bool,
+                     default_value: float = 0.0) -> np.ndarray:
+    """Resample a (k, j, i) array from ``source``'s grid onto ``target``'s grid (both LPS).
+
+    Args:
+        array: values on the source grid.
+        source: its geometry.
+        target: the grid to sample onto.
+        is_label: nearest neighbour (labels) instead of linear interpolation (images, probabilities).
+        default_value: value outside the source's extent.
+
+    Returns:
+        (k, j, i) array of ``target.array_shape``; labels keep their dtype, images come back float32.
+    """
+    if source == target:
+        return array
+    interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+    moving = _image(array if is_label else array.astype(np.float32, copy=False), source)
+    resampled = sitk.Resample(moving, _reference(target), sitk.Transform(), interpolator, default_value,
+                              moving.GetPixelID())
+    return sitk.GetArrayFromImage(resampled)
+
+
+def resample_volume(volume: Volume, target_spacing_kji: tuple[float, float, float], *, is_label: bool) -> Volume:
+    """The volume on its planned grid (:func:`planned_geometry`); unchanged when already at that spacing."""
+    target = planned_geometry(volume.geometry, target_spacing_kji)
+    if target == volume.geometry:
+        return volume
+    fill = 0.0 if is_label else float(volume.array.min())
+    return Volume(resample_to_grid(volume.array, volume.geometry, target, is_label=is_label, default_value=fill), target)
+
+
+def normalise(array: np.ndarray, plan: Plan, volume_mean: float | None = None, volume_sd: float | None = None) -> np.ndarray:
+    """Raw intensities to the network's input, float32.
+
+    ``ct``: clip to the plan's foreground percentiles, subtract the foreground mean, divide by its sd (one
+    transform for every case, so Hounsfield units keep their meaning). ``zscore``: per volume, with the
+    volume's own mean and sd (pass them when ``array`` is a crop of a larger volume).
     """
     data = array.astype(np.float32, copy=False)
-    if settings.mode == "ct":
-        low, high = settings.window_min, settings.window_max
-        return ((np.clip(data, low, high) - low) / (high - low) * 2.0 - 1.0).astype(np.float32)
-    return ((data - data.mean()) / max(float(data.std()), 1e-6)).astype(np.float32)
+    if plan.normalisation == "ct":
+        low, high = plan.clip
+        return ((np.clip(data, low, high) - plan.mean) / max(plan.sd, 1e-6)).astype(np.float32)
+    mean = float(data.mean()) if volume_mean is None else volume_mean
+    sd = float(data.std()) if volume_sd is None else volume_sd
+    return ((data - mean) / max(sd, 1e-6)).astype(np.float32)
 
 
-def pad_to_shape(array: np.ndarray, shape: tuple[int, ...], value: float) -> np.ndarray:
-    """Pad the end of each axis up to at least ``shape`` with ``value`` (never crops)."""
-    pads = [(0, max(0, s - a)) for a, s in zip(array.shape, shape)]
-    if not any(p[1] for p in pads):
-        return array
-    return np.pad(array, pads, mode="constant", constant_values=value)
+def pad_value(normalised_volume_min: float) -> float:
+    """The one padding rule for crops and sliding windows: the volume's lowest normalised value.
 
-
-def sample_crop(
-    image: np.ndarray,
-    label: np.ndarray,
-    patch_size: tuple[int, int, int],
-    rng: np.random.Generator,
-    foreground_fraction: float,
-    background_value: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One random (image, label) crop of ``patch_size``, padded where the volume is smaller.
-
-    With probability ``foreground_fraction`` the crop is centred near a random voxel of a random
-    foreground class present in the label (rare small lesions would otherwise almost never be seen).
+    It stands for "outside the body" (air in CT, background in MRI); padding with 0 would insert tissue of the
+    foreground's mean intensity around every volume smaller than a patch.
     """
-    image = pad_to_shape(image, patch_size, background_value)
-    label = pad_to_shape(label, patch_size, 0)
-    centre = None
-    if rng.random() < foreground_fraction:
-        classes = [c for c in np.unique(label) if c != 0]
-        if classes:
-            chosen = rng.choice(classes)
-            voxels = np.argwhere(label == chosen)
-            centre = voxels[rng.integers(len(voxels))]
-    starts = []
-    for axis, size in enumerate(patch_size):
-        limit = image.shape[axis] - size
-        if centre is None:
-            start = int(rng.integers(0, limit + 1))
-        else:
-            start = int(np.clip(centre[axis] - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, limit))
-        starts.append(start)
-    window = tuple(slice(s, s + size) for s, size in zip(starts, patch_size))
-    return image[window], label[window]
+    return float(normalised_volume_min)

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from activeseg.store.datastore import Datastore, ScoreRecord
 from activeseg.method.dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
 from activeseg.errors import ModelVersionError, TrainingCancelled
 from activeseg.io.volumes import Geometry
-from activeseg.model.predictor import HeadProbabilities, load_checkpoint, predict_heads, select_device
-from activeseg.model.preprocessing import normalise_intensity
+from activeseg.model.predictor import HeadProbabilities, Predictor, select_device
+from activeseg.model.preprocessing import resample_to_grid
 from activeseg.io.seg_nrrd import write_segmentation_file
 
 __all__ = ["RankResult", "score_case", "rank_round", "pseudo_label_round"]
@@ -52,6 +52,18 @@ class RankResult:
     strong: list[str] = field(default_factory=list)
     weak: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _predictor(store: Datastore, version: int) -> Predictor:
+    """The predictor of model ``version`` with the store's device and inference settings."""
+    settings = store.config.training
+    flips = settings.flip_axes if settings.tta_flips else ()
+    return Predictor.from_checkpoint(store.model(version).weights_path, select_device(settings.device), settings.amp, flips)
+
+
+def _voxel_ratio(planned: Geometry, source: Geometry) -> float:
+    """Source voxels per planned voxel (volume ratio), to report foreground counts on the source grid."""
+    return float(np.prod(planned.spacing) / np.prod(source.spacing))
 
 
 def score_case(case_id: str, heads: HeadProbabilities, num_classes: int) -> tuple[CaseScore, np.ndarray]:
@@ -99,21 +111,22 @@ def rank_round(
     if version is None:
         raise ModelVersionError("no model yet: run a training round before ranking")
     config = store.config
-    device = select_device(config.training.device)
-    model = load_checkpoint(store.model(version).weights_path, device)
+    predictor = _predictor(store, version)
     round_index = int(store.model(version).metrics.get("round", version))
     candidates = [c for c in store.cases(split="train") if c.state in CANDIDATE_STATES]
     started = time.perf_counter()
     result = RankResult(model_version=version)
+    # Scores come from the planned grid (M-DSC and confidence are ratios and means, so the grid hardly matters and
+    # it is the cheaper one); label maps written for Slicer are resampled back onto each image's own grid.
     main_maps: dict[str, np.ndarray] = {}
     geometries: dict[str, Geometry] = {}
     for index, record in enumerate(candidates, start=1):
         volume = store.load_image(record.case_id)
-        image = normalise_intensity(volume.array, config.intensity)
-        heads = predict_heads(model, image, config.training.patch_size, device, config.training.amp)
-        score, main = score_case(record.case_id, heads, config.num_classes)
+        image, planned, pad = predictor.prepare(volume)
+        score, main = score_case(record.case_id, predictor.predict_prepared(image, pad), config.num_classes)
+        score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, volume.geometry))))
         result.scores.append(score)
-        main_maps[record.case_id] = main
+        main_maps[record.case_id] = resample_to_grid(main, planned, volume.geometry, is_label=True)
         geometries[record.case_id] = volume.geometry
         elapsed = time.perf_counter() - started
         if progress is not None and progress({
@@ -160,15 +173,11 @@ def pseudo_label_round(store: Datastore, progress: Callable[[dict[str, Any]], bo
     weak = [cid for cid, s in scores.items() if s.route == "weak"]
     if not scores:
         raise ModelVersionError(f"model v{version} has not ranked the pool yet: run a ranking job first")
-    config = store.config
-    device = select_device(config.training.device)
-    model = load_checkpoint(store.model(version).weights_path, device)
+    predictor = _predictor(store, version)
     written = {}
     for index, case_id in enumerate(weak, start=1):
         volume = store.load_image(case_id)
-        image = normalise_intensity(volume.array, config.intensity)
-        main = predict_heads(model, image, config.training.patch_size, device, config.training.amp).main.argmax(axis=0)
-        written[case_id] = _write_pseudo(store, case_id, main.astype(np.uint8), volume.geometry)
+        written[case_id] = _write_pseudo(store, case_id, predictor.segment(volume), volume.geometry)
         if progress is not None and progress({"phase": "pseudo-label", "step": index, "steps": len(weak)}) is False:
             raise TrainingCancelled("pseudo-labelling cancelled")
     store.set_pseudo_labels(version, written)

@@ -1,11 +1,28 @@
-"""One training round: fine-tune from the active model on expert labels (weight 1) and pseudo-labels
-(ALNT re-weighted), select the epoch by Dice on the fixed validation split, register a new model version.
+"""One training round: plan from the labelled set, train on expert labels (weight 1) and pseudo-labels (ALNT
+re-weighted), select the step by Dice on the fixed validation split, register a new model version.
 
-The previous version is never overwritten: each round's weights go into a new ``models/vNNNN/`` folder.
+How a round runs:
+
+1. **Cases**: train-split cases with an expert or accepted label, train-split pseudo-labelled cases, and the
+   validation split's labelled cases (never trained on). Each is preprocessed once into the on-disk cache
+   (:mod:`activeseg.model.case_cache`): resampled to the plan's spacing, foreground locations sampled.
+2. **Plan** (:mod:`activeseg.model.plan`): from the expert cases' fingerprint, with the user's explicit settings on
+   top; stored in the checkpoint and in ``STORE/.activeseg/plan.json`` (``activeseg status`` shows it). A
+   warm-started round keeps its parent's plan (the weights are tied to it).
+3. **Budget**: ``steps_base + steps_per_label * labelled volumes`` optimiser steps (at most ``max_steps``), so a
+   round grows with what the radiologist has labelled; validated ``epochs`` times evenly over the round.
+4. **Optimiser**: AdamW with linear warm-up and cosine decay (default) or SGD with Nesterov momentum and poly
+   decay (nnU-Net). Every round restarts the schedule, warm-started or not: a warm start at full learning rate
+   with fresh optimiser moments is the shock that made fine-tuning rounds collapse a class.
+5. **Selection**: the step with the best mean validation Dice (on the planned grid) is kept. A round with a parent
+   then compares its pick with the parent on the validation split, both on the source grids; when the parent
+   scores higher its weights are registered again (``kept_parent`` in the metrics, so how often it fires is
+   measured).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,19 +35,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from activeseg.io.atomic import TEMP_MARKER
 from activeseg.config import Config
-from activeseg.store.datastore import TRAINED_STATES, Datastore, ModelRecord
 from activeseg.errors import CaseStateError, TrainingCancelled
-from activeseg.model.predictor import load_checkpoint, predict_heads, save_checkpoint, select_device
-from activeseg.method.alnt import alnt_backward, pseudo_share
-from activeseg.model.loss import balanced_class_weights, per_sample_deep_supervision_loss
-from activeseg.model.network import DeepSupervisedUNet3D, build_network
-from activeseg.model.preprocessing import normalise_intensity, sample_crop
+from activeseg.io.atomic import TEMP_MARKER, atomic_write
 from activeseg.io.seg_nrrd import read_segmentation_labelmap
+from activeseg.io.volumes import read_geometry
+from activeseg.method.alnt import alnt_backward, pseudo_share
+from activeseg.model.case_cache import CachedCase, CaseCache, source_key
+from activeseg.model.loss import DeepSupervisionLoss, balanced_class_weights
+from activeseg.model.network import DeepSupervisedUNet3D, build_network
+from activeseg.model.plan import CaseStatistics, Plan, fingerprint_of, make_plan, override_plan, target_spacing_of
+from activeseg.model.predictor import Predictor, load_checkpoint, predict_heads, save_checkpoint, select_device
+from activeseg.model.preprocessing import normalise, pad_value
+from activeseg.model.sampling import CropStream
+from activeseg.store.datastore import TRAINED_STATES, Datastore, ModelRecord
 
-__all__ = ["Sample", "TrainingData", "ProgressCallback", "load_training_data", "validation_dice", "train_model", "train_round"]
+__all__ = [
+    "TrainingData", "ProgressCallback", "load_training_data", "plan_round", "round_steps", "validation_dice",
+    "train_model", "train_round",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,131 +64,208 @@ ProgressCallback = Callable[[dict[str, Any]], "bool | None"]
 
 
 @dataclass
-class Sample:
-    """One case ready for training: normalised image and label, both (k, j, i)."""
-
-    case_id: str
-    image: np.ndarray
-    label: np.ndarray
-
-
-@dataclass
 class TrainingData:
-    """Expert (and accepted) samples, pseudo-labelled samples and the fixed validation samples."""
+    """The round's cases, preprocessed and cached (arrays memory-mapped)."""
 
-    experts: list[Sample] = field(default_factory=list)
-    pseudo: list[Sample] = field(default_factory=list)
-    validation: list[Sample] = field(default_factory=list)
+    experts: list[CachedCase] = field(default_factory=list)
+    pseudo: list[CachedCase] = field(default_factory=list)
+    validation: list[CachedCase] = field(default_factory=list)
 
 
-def load_training_data(store: Datastore) -> TrainingData:
-    """Read every usable labelled case of the datastore into memory.
+def _target_spacing(store: Datastore, config: Config) -> tuple[float, float, float]:
+    """The planned spacing (k, j, i) from the expert cases' headers (nnU-Net's rule), or the user's setting."""
+    if config.training.target_spacing:
+        return tuple(float(s) for s in config.training.target_spacing)  # type: ignore[return-value]
+    spacings = [
+        tuple(reversed(read_geometry(r.image_path).spacing))
+        for r in store.cases(split="train") if r.state in TRAINED_STATES and r.label_path is not None
+    ]
+    if not spacings:
+        raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
+    return target_spacing_of(np.asarray(spacings))[0]
+
+
+def load_training_data(store: Datastore, spacing: tuple[float, float, float]) -> TrainingData:
+    """The round's cases at ``spacing`` (k, j, i), mm, from the on-disk cache (preprocessing cache misses).
 
     Training: train-split cases in ``labeled``/``accepted`` state (experts) and in ``pseudo`` state.
     Validation: val-split cases with a label. Validation cases never train and never get pseudo-labels.
     """
+    config, cache = store.config, CaseCache(store.meta_dir / "cache")
     data = TrainingData()
-    settings = store.config.intensity
     for record in store.cases():
         if record.state in TRAINED_STATES and record.label_path is not None:
-            label = store.load_label(record.case_id).array
-            target = data.validation if record.split == "val" else data.experts
+            label_path, target = record.label_path, data.validation if record.split == "val" else data.experts
+            load_label = (lambda cid=record.case_id: store.load_label(cid))
         elif record.state == "pseudo" and record.pseudo_path is not None and record.split == "train":
-            label = read_segmentation_labelmap(record.pseudo_path, store.config.labels).array
-            target = data.pseudo
+            label_path, target = record.pseudo_path, data.pseudo
+            load_label = (lambda path=record.pseudo_path: read_segmentation_labelmap(path, config.labels))
         else:
             continue
-        image = normalise_intensity(store.load_image(record.case_id).array, settings)
-        target.append(Sample(record.case_id, image, label))
+        target.append(cache.get(
+            record.case_id, source_key(record.image_path, label_path), spacing,
+            lambda cid=record.case_id: store.load_image(cid), load_label, config.num_classes,
+        ))
     return data
 
 
-def _batch(samples: list[Sample], size: int, config: Config, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``size`` random crops from random samples, as (B, 1, k, j, i) tensors on ``device``."""
-    background = -1.0 if config.intensity.mode == "ct" else 0.0
-    crops = [
-        sample_crop(s.image, s.label, config.training.patch_size, rng, config.training.foreground_crop_fraction, background)
-        for s in (samples[i] for i in rng.integers(0, len(samples), size))
-    ]
-    images = torch.from_numpy(np.stack([c[0] for c in crops])[:, None]).to(device)
-    labels = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)[:, None]).to(device)
-    return images, labels
+def plan_round(store: Datastore, data: TrainingData, spacing: tuple[float, float, float], device: torch.device) -> Plan:
+    """The plan of a round trained from scratch: fingerprint of the expert cases, then the user's overrides."""
+    config = store.config
+    statistics = []
+    for case in data.experts:
+        source = read_geometry(store.case(case.case_id).image_path)
+        statistics.append(CaseStatistics(
+            tuple(reversed(source.spacing)), source.array_shape,  # type: ignore[arg-type]
+            case.statistics.foreground_samples, case.statistics.class_voxels,
+        ))
+    fingerprint = fingerprint_of(statistics, "ct" if config.intensity.mode == "ct" else "mri")
+    budget = config.training.max_patch_voxels or (128**3 if device.type == "cuda" else 64**3)
+    plan = make_plan(fingerprint, max_patch_voxels=budget, base_channels=config.network.base_channels,
+                     max_channels=config.network.max_channels, batch_size=config.training.batch_size)
+    plan.target_spacing = spacing
+    plan = override_plan(plan, patch_size=config.training.patch_size, channels=config.network.channels)
+    atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(
+        {"plan": plan.to_dict(), "fingerprint": {k: v for k, v in fingerprint.to_dict().items() if k not in ("spacings", "shapes")}
+         | {"median_spacing": np.median(fingerprint.spacings, axis=0).tolist(),
+            "median_shape": np.median(fingerprint.shapes, axis=0).tolist()}}, indent=2)))
+    return plan
 
 
-def validation_dice(model: DeepSupervisedUNet3D, samples: list[Sample], config: Config, device: torch.device) -> dict[str, float]:
-    """Dice of the main head's argmax on whole validation volumes.
+def round_steps(config: Config, n_labelled: int) -> int:
+    """Optimiser steps of a round: ``steps_base + steps_per_label * n_labelled``, capped at ``max_steps``."""
+    settings = config.training
+    return max(1, min(settings.max_steps, settings.steps_base + settings.steps_per_label * n_labelled))
 
-    Returns:
-        ``{label name: Dice}`` averaged over cases where the class is in the truth or the prediction
-        (a class absent from both is not counted), plus ``"mean"`` over classes. Empty when no samples.
-    """
-    if not samples:
-        return {}
-    model.eval()
-    per_class: dict[int, list[float]] = {value: [] for value in config.labels}
-    for sample in samples:
-        prediction = predict_heads(model, sample.image, config.training.patch_size, device, config.training.amp).main.argmax(axis=0)
-        for value in config.labels:
-            truth, predicted = sample.label == value, prediction == value
-            total = int(truth.sum()) + int(predicted.sum())
-            if total:
-                per_class[value].append(2.0 * int(np.logical_and(truth, predicted).sum()) / total)
-    result = {config.labels[v]: float(np.mean(s)) if s else 1.0 for v, s in per_class.items()}
+
+def _dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: list[int]) -> dict[int, float | None]:
+    """Dice per class value; None where the class is absent from both (it is not counted)."""
+    result: dict[int, float | None] = {}
+    for value in classes:
+        t, p = truth == value, prediction == value
+        total = int(t.sum()) + int(p.sum())
+        result[value] = 2.0 * int(np.logical_and(t, p).sum()) / total if total else None
+    return result
+
+
+def _summarise_dice(per_case: list[dict[int, float | None]], config: Config) -> dict[str, float]:
+    """``{label name: mean Dice over cases where counted}`` plus ``"mean"`` over classes (1.0 if never counted)."""
+    result = {}
+    for value, name in config.labels.items():
+        values = [d[value] for d in per_case if d[value] is not None]
+        result[name] = float(np.mean(values)) if values else 1.0
     result["mean"] = float(np.mean(list(result.values())))
     return result
+
+
+def validation_dice(model: DeepSupervisedUNet3D, cases: list[CachedCase], plan: Plan, config: Config,
+                    device: torch.device) -> dict[str, float]:
+    """Dice of the main head's argmax on whole validation volumes, on the planned grid (cheap: no resampling).
+
+    Returns:
+        ``{label name: Dice}`` averaged over cases where the class is in the truth or the prediction, plus
+        ``"mean"`` over classes. Empty when there are no cases.
+    """
+    if not cases:
+        return {}
+    model.eval()
+    per_case = []
+    for case in cases:
+        mean, sd = (case.mean, case.sd) if plan.normalisation == "zscore" else (None, None)
+        image = normalise(np.asarray(case.image), plan, mean, sd)
+        heads = predict_heads(model, image, plan.patch_size, device, config.training.amp, pad=pad_value(float(image.min())))
+        per_case.append(_dice_per_class(heads.main.argmax(axis=0), np.asarray(case.label), list(config.labels)))
+    return _summarise_dice(per_case, config)
+
+
+def source_grid_dice(predictor: Predictor, store: Datastore, case_ids: list[str]) -> dict[str, float]:
+    """Validation Dice of a predictor on the cases' own (source) grids: the fair ground to compare two models
+    whose plans may differ."""
+    per_case = [
+        _dice_per_class(predictor.segment(store.load_image(cid)), store.load_label(cid).array, list(store.config.labels))
+        for cid in case_ids
+    ]
+    return _summarise_dice(per_case, store.config) if per_case else {}
+
+
+def _optimiser(model: torch.nn.Module, config: Config, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with linear warm-up and cosine decay to 1 %, or SGD (Nesterov 0.99) with warm-up and poly decay."""
+    settings = config.training
+    warmup = max(1, int(settings.warmup_fraction * steps))
+    if settings.optimizer == "sgd":
+        optimiser: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(), lr=settings.learning_rate, momentum=0.99, nesterov=True, weight_decay=settings.weight_decay)
+
+        def decay(progress: float) -> float:
+            return (1.0 - progress) ** 0.9
+    else:
+        optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+        def decay(progress: float) -> float:
+            return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return decay(min(1.0, (step - warmup) / max(1, steps - warmup)))
+
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
+def _stream(cases: list[CachedCase], plan: Plan, batch: int, seed: int, config: Config) -> DataLoader:
+    settings = config.training
+    stream = CropStream(cases, plan, batch, seed, settings.foreground_crop_fraction, settings.augment, settings.flip_axes)
+    workers = settings.loader_workers
+    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers else None)
 
 
 def train_model(
     model: DeepSupervisedUNet3D,
     data: TrainingData,
+    plan: Plan,
     config: Config,
+    steps: int,
     epochs: int,
     device: torch.device,
     progress: ProgressCallback | None = None,
     seed: int = 0,
-    keep_initial: bool = False,
 ) -> dict[str, Any]:
-    """Train ``model`` in place; keep the weights of the epoch with the best validation Dice.
+    """Train ``model`` in place for ``steps`` optimiser steps; keep the weights with the best validation Dice.
 
-    With ``keep_initial`` (fine-tuning) the starting weights compete as "epoch 0": when no epoch beats them
-    on the validation split, the round returns them unchanged (``best_epoch`` 0).
-
-    Each step draws ``batch_size`` expert crops. When pseudo-labelled samples exist, it also draws
+    Each step draws ``plan.batch_size`` expert crops. When pseudo-labelled cases exist it also draws
     ``alnt.pseudo_batch_size`` pseudo crops: with ALNT on, their per-sample losses are weighted by ALNT
-    (:func:`activeseg.method.alnt.alnt_backward`, objective per ``alnt.objective``); with ALNT off they join the
-    batch at the experts' weight. With ``network.dropout`` > 0 the ALNT step cannot reuse the expert
-    backward (dropout masks differ between passes) and costs about one expert pass more.
+    (:func:`activeseg.method.alnt.alnt_backward`, fused with the expert backward when dropout is 0); with ALNT off
+    they join the batch at the experts' weight. Validation runs ``epochs`` times, evenly spaced.
 
     Returns:
-        Metrics: loss history (per epoch), validation history, best epoch, ALNT weight statistics.
+        Metrics: loss and validation history (per epoch), best epoch, ALNT weight statistics, seconds per phase.
 
     Raises:
         TrainingCancelled: ``progress`` returned False.
     """
     settings = config.training
-    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    epochs = max(1, min(epochs, steps))
+    steps_per_epoch = settings.steps_per_epoch or math.ceil(steps / epochs)
+    steps = steps_per_epoch * epochs
+    optimiser, schedule = _optimiser(model, config, steps)
     use_alnt = bool(data.pseudo) and config.alnt.enabled
     share = pseudo_share(len(data.pseudo), len(data.experts), config.alnt)
     class_weights = (
-        balanced_class_weights([s.label for s in data.experts], config.num_classes).to(device)
+        balanced_class_weights([np.asarray(c.label) for c in data.experts], config.num_classes).to(device)
         if settings.class_balance else None
     )
+    loss_fn = DeepSupervisionLoss(class_weights)
     autocast_on = settings.amp and device.type == "cuda"
-    total_steps = max(1, epochs * settings.steps_per_epoch)
+    experts = iter(_stream(data.experts, plan, plan.batch_size, seed, config))
+    pseudo = iter(_stream(data.pseudo, plan, config.alnt.pseudo_batch_size, seed + 1, config)) if data.pseudo else None
     started = time.perf_counter()
+    phase_seconds = {"train": 0.0, "validate": 0.0}
     loss_history: list[float] = []
     val_history: list[dict[str, float]] = []
     alnt_history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, best_dice = -math.inf, None, 0, {}
-    initial_dice: dict[str, float] = {}
-    if keep_initial and data.validation:
-        # Fine-tuning: the starting weights are a candidate too, so a round never selects weights that
-        # are worse on the fixed validation split than the model it started from.
-        initial_dice = best_dice = validation_dice(model, data.validation, config, device)
-        best_score, best_epoch = initial_dice["mean"], 0
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def report(event: dict[str, Any]) -> None:
         if progress is not None and progress(event) is False:
@@ -172,59 +274,65 @@ def train_model(
     for epoch in range(1, epochs + 1):
         model.train()
         epoch_losses = []
-        for step in range(1, settings.steps_per_epoch + 1):
-            images, labels = _batch(data.experts, settings.batch_size, config, rng, device)
+        phase_started = time.perf_counter()
+        for step in range(1, steps_per_epoch + 1):
+            images, labels = (t.to(device, non_blocking=True) for t in next(experts))
             step_stats: dict[str, float] = {}
             optimiser.zero_grad(set_to_none=True)
-            if use_alnt:
-                # One fused step: the expert backward doubles as ALNT's reference gradient g. It runs in full
-                # precision (forward-mode AD is not validated under autocast).
-                pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
-                fused = alnt_backward(
-                    model, images, labels, pseudo_images, pseudo_labels, config.alnt,
-                    pseudo_scale=share, class_weights=class_weights,
-                )
+            if pseudo is not None and use_alnt:
+                # Fused step: the expert backward doubles as ALNT's reference gradient g. Full precision
+                # (forward-mode AD is not validated under autocast).
+                pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in next(pseudo))
+                fused = alnt_backward(model, images, labels, pseudo_images, pseudo_labels, config.alnt,
+                                      pseudo_scale=share, loss=loss_fn)
                 loss, step_stats = fused.loss, fused.alnt.stats
                 alnt_history.append(step_stats)
             else:
-                if data.pseudo:  # ALNT off: pseudo-labelled crops join the batch at the experts' weight
-                    pseudo_images, pseudo_labels = _batch(data.pseudo, config.alnt.pseudo_batch_size, config, rng, device)
+                if pseudo is not None:  # ALNT off: pseudo-labelled crops join the batch at the experts' weight
+                    pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in next(pseudo))
                     images, labels = torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_labels])
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
-                    loss = per_sample_deep_supervision_loss(model(images), labels, class_weights).mean()
+                    loss = loss_fn.mean(model(images), labels)
                 loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)  # nnU-Net's clip: one bad crop cannot wreck a round
             optimiser.step()
+            schedule.step()
             epoch_losses.append(float(loss.detach()))
-            done = (epoch - 1) * settings.steps_per_epoch + step
+            done = (epoch - 1) * steps_per_epoch + step
             elapsed = time.perf_counter() - started
             report({
-                "phase": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": settings.steps_per_epoch,
-                "loss": epoch_losses[-1], "elapsed_s": elapsed, "eta_s": elapsed / done * (total_steps - done),
-                **({"alnt": step_stats} if step_stats else {}),
+                "phase": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps_per_epoch,
+                "loss": epoch_losses[-1], "lr": schedule.get_last_lr()[0], "elapsed_s": elapsed,
+                "eta_s": elapsed / done * (steps - done), **({"alnt": step_stats} if step_stats else {}),
             })
+        phase_seconds["train"] += time.perf_counter() - phase_started
         loss_history.append(float(np.mean(epoch_losses)))
-        dice = validation_dice(model, data.validation, config, device)
+        phase_started = time.perf_counter()
+        dice = validation_dice(model, data.validation, plan, config, device)
+        phase_seconds["validate"] += time.perf_counter() - phase_started
         val_history.append(dice)
         score = dice.get("mean", float(epoch))  # without validation labels, the last epoch wins
         if score >= best_score:
             best_score, best_epoch, best_dice = score, epoch, dice
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elapsed = time.perf_counter() - started
-        done = epoch * settings.steps_per_epoch
+        done = epoch * steps_per_epoch
         report({
             "phase": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_history[-1],
-            "val_dice": dice.get("mean"), "elapsed_s": elapsed, "eta_s": elapsed / done * (total_steps - done),
+            "val_dice": dice.get("mean"), "elapsed_s": elapsed, "eta_s": elapsed / done * (steps - done),
         })
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.eval()
     return {
         "loss_history": loss_history,
         "val_history": val_history,
         "best_epoch": best_epoch,
         "val_dice": best_dice,
-        "initial_val_dice": initial_dice,
+        "steps": steps,
         "alnt": _summarise_alnt(alnt_history),
         "class_weights": class_weights.tolist() if class_weights is not None else None,
+        "phase_seconds": phase_seconds,
         "seconds": time.perf_counter() - started,
     }
 
@@ -240,50 +348,78 @@ def _summarise_alnt(history: list[dict[str, float]]) -> dict[str, float]:
 def train_round(store: Datastore, progress: ProgressCallback | None = None) -> ModelRecord:
     """Train one round and register its model as a new, active version.
 
-    Fine-tunes from the active version (``epochs_per_round``) or starts fresh (``epochs_first``).
-
     Raises:
         CaseStateError: no expert or accepted label in the training split.
         TrainingCancelled: the progress callback asked to stop (no version is written).
     """
     config = store.config
-    if config.training.num_threads:
-        torch.set_num_threads(config.training.num_threads)
-    device = select_device(config.training.device)
-    data = load_training_data(store)
-    if not data.experts:
-        raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
+    settings = config.training
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    device = select_device(settings.device)
     parent = store.active_version()
     round_index = 1 if parent is None else int(store.model(parent).metrics.get("round", parent)) + 1
-    if parent is None:
-        torch.manual_seed(config.training.seed)
-        model = build_network(config.num_classes, config.network.channels, config.network.dropout).to(device)
-        epochs = config.training.epochs_first
+    started = time.perf_counter()
+    warm = parent is not None and settings.warm_start
+    if warm:
+        model, plan = load_checkpoint(store.model(parent).weights_path, device)
+        data = load_training_data(store, plan.target_spacing)
     else:
-        model = load_checkpoint(store.model(parent).weights_path, device)
-        epochs = config.training.epochs_per_round
+        spacing = _target_spacing(store, config)
+        data = load_training_data(store, spacing)
+        if not data.experts:
+            raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
+        plan = plan_round(store, data, spacing, device)
+        torch.manual_seed(settings.seed + round_index)
+        model = build_network(config.num_classes, plan.channels, config.network.dropout, strides=plan.strides).to(device)
+    if not data.experts:
+        raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
+    preprocess_seconds = time.perf_counter() - started
+    steps = round_steps(config, len(data.experts) + len(data.pseudo))
+    epochs = settings.epochs_per_round if warm else settings.epochs_first
     logger.info(
-        "round %d: %d expert, %d pseudo, %d validation cases; %d epochs on %s",
-        round_index, len(data.experts), len(data.pseudo), len(data.validation), epochs, device,
+        "round %d: %d expert, %d pseudo, %d validation cases; %d steps (%s) on %s; patch %s at %s mm",
+        round_index, len(data.experts), len(data.pseudo), len(data.validation), steps,
+        "warm start" if warm else "from scratch", device, plan.patch_size, plan.target_spacing,
     )
-    metrics = train_model(
-        model, data, config, epochs, device, progress, seed=config.training.seed + round_index, keep_initial=parent is not None
-    )
+    metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=settings.seed + round_index)
+    metrics["phase_seconds"]["preprocess"] = preprocess_seconds
+    kept_parent = False
+    if parent is not None and data.validation:
+        # The rule that a round never registers weights worse than its parent, judged on the source grids
+        # (the two models' plans may differ). How often it fires is recorded in the metrics.
+        compare_started = time.perf_counter()
+        validation_ids = [c.case_id for c in data.validation]
+        flips = settings.flip_axes if settings.tta_flips else ()
+        parent_predictor = Predictor.from_checkpoint(store.model(parent).weights_path, device, settings.amp, flips)
+        new_dice = source_grid_dice(Predictor(model, plan, device, settings.amp, flips), store, validation_ids)
+        parent_dice = source_grid_dice(parent_predictor, store, validation_ids)
+        metrics["phase_seconds"]["compare_parent"] = time.perf_counter() - compare_started
+        metrics["source_val_dice"], metrics["parent_val_dice"] = new_dice, parent_dice
+        if parent_dice.get("mean", -1.0) > new_dice.get("mean", -1.0):
+            kept_parent = True
+            model, plan = parent_predictor.model, parent_predictor.plan
+            logger.warning(
+                "round %d: kept the parent model v%d: it scored %.3f on the validation split against %.3f",
+                round_index, parent, parent_dice["mean"], new_dice["mean"],
+            )
     metrics.update({
         "round": round_index,
         "parent": parent,
-        "epochs": epochs,
+        "warm_start": warm,
+        "kept_parent": kept_parent,
+        "plan": plan.to_dict(),
         "device": str(device),
         "n_expert": len(data.experts),
         "n_pseudo": len(data.pseudo),
         "n_validation": len(data.validation),
         "alnt_enabled": config.alnt.enabled,
-        "expert_cases": [s.case_id for s in data.experts],
+        "expert_cases": [c.case_id for c in data.experts],
     })
     fd, temp_name = tempfile.mkstemp(prefix=TEMP_MARKER, suffix=".pt", dir=store.meta_dir)
     os.close(fd)
     try:
-        save_checkpoint(model, config, Path(temp_name))
+        save_checkpoint(model, plan, config.num_classes, config.network.dropout, Path(temp_name))
         record = store.add_model(Path(temp_name), metrics, parent)
     finally:
         Path(temp_name).unlink(missing_ok=True)
