@@ -30,15 +30,16 @@ _ORDER = ["dsal+alnt", "dsal", "dsal-nopseudo", "fg-random", "random", "mc-dropo
 
 
 def simulate_command(args: argparse.Namespace) -> int:
-    """Run one experiment and write its results JSON."""
-    from activeseg.experiments.simulation import simulate
+    """Run one experiment (:func:`activeseg.experiments.simulation.run_simulation`) and write its results JSON."""
+    from activeseg.experiments.simulation import SimulationSettings, run_simulation
 
-    results = simulate(
-        args.dataset, args.strategy, seed=args.seed, rounds=args.rounds, per_round=args.per_round, initial=args.initial,
-        test_fraction=args.test_fraction, val_fraction=args.val_fraction, overrides=args.set, alnt=not args.no_alnt,
-        work_dir=args.work_dir, pool_size=args.pool_size, pseudo=not args.no_pseudo, mc_passes=args.mc_passes,
+    settings = SimulationSettings(
+        strategy=args.strategy, seed=args.seed, rounds=args.rounds, per_round=args.per_round, initial=args.initial,
+        test_fraction=args.test_fraction, val_fraction=args.val_fraction, overrides=tuple(args.set), alnt=not args.no_alnt,
+        pool_size=args.pool_size, pseudo=not args.no_pseudo, mc_passes=args.mc_passes, work_dir=args.work_dir,
         round0_cache=args.round0_cache,
     )
+    results = run_simulation(args.dataset, settings)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     rows = [

@@ -1,6 +1,10 @@
 """Label-efficiency experiments: the active-learning loop with the ground truth as the radiologist.
 
-One call of :func:`simulate` runs one strategy with one seed on an MSD-style dataset::
+Length (~500 lines, over the project's ~400): the protocol (splits, test evaluation, round-0 cache) and the
+small functions of the loop that runs it are read together; splitting them would split one description.
+
+One call of :func:`run_simulation` (keyword form: :func:`simulate`) runs one strategy with one seed
+on an MSD-style dataset::
 
     test split    drawn first (seeded), never enters the datastore: never trained on, never selected,
                   never pseudo-labelled; evaluated after every round by sliding-window inference.
@@ -41,6 +45,7 @@ import platform
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,7 @@ import numpy as np
 import torch
 
 from activeseg.config import Config
-from activeseg.store.datastore import Datastore
+from activeseg.store.datastore import Datastore, ModelRecord
 from activeseg.store.cases import CaseState
 from activeseg.errors import ConfigError
 from activeseg.io.volumes import read_volume
@@ -56,11 +61,14 @@ from activeseg.model.predictor import Predictor, select_device
 from activeseg.store.initialise import init_datastore
 from activeseg.store.sources import find_source
 from activeseg.experiments.oracle import SimulatedRadiologist
-from activeseg.experiments.strategies import STRATEGIES, get_strategy
+from activeseg.experiments.strategies import STRATEGIES, QueryStrategy, get_strategy
 from activeseg.method.metrics import dice_per_class, summarise_dice
 from activeseg.pipeline.training_round import train_round
 
-__all__ = ["SplitPlan", "plan_splits", "strategy_label", "evaluate_test_split", "simulate", "load_results"]
+__all__ = [
+    "SplitPlan", "SimulationSettings", "plan_splits", "strategy_label", "evaluate_test_split", "run_simulation",
+    "simulate", "load_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +181,285 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 
+@dataclass(frozen=True)
+class SimulationSettings:
+    """One label-efficiency experiment: the strategy, the seeded split and the round budget.
+
+    Attributes:
+        strategy: a name of :data:`activeseg.experiments.strategies.STRATEGIES`.
+        seed: seeds the test split, the validation split, the initial set, random strategies, the
+            network initialisation and training crops (``training.seed``), and dropout masks.
+        rounds: R, query rounds after the initial training round (R + 1 models in all).
+        per_round: K, cases the oracle labels per round.
+        initial: expert-labelled training cases before round 0.
+        test_fraction: share of the dataset held out as the test split.
+        val_fraction: share of the dataset in the fixed validation split.
+        overrides: ``section.name=value`` settings applied on top of the dataset-derived config.
+        alnt: ALNT re-weighting of pseudo-labels (only matters for ``dsal``); False sets ``alnt.enabled=false``.
+        pool_size: cap on the training pool (seeded subset); ``None`` = all non-test, non-validation cases.
+        pseudo: DSAL's weak pseudo-labels (False = strong queue only).
+        mc_passes: T of ``mc-dropout``.
+        work_dir: folder for the datastore (replaced); default a fresh folder under the system temp dir.
+        keep_work_dir: keep the datastore afterwards (default: removed when ``work_dir`` was not given).
+        round0_cache: folder sharing the round-0 model between runs of one seed (see the module docstring).
+    """
+
+    strategy: str
+    seed: int = 0
+    rounds: int = 5
+    per_round: int = 4
+    initial: int = 4
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    overrides: tuple[str, ...] = ()
+    alnt: bool = True
+    pool_size: int | None = None
+    pseudo: bool = True
+    mc_passes: int = 10
+    work_dir: Path | None = None
+    keep_work_dir: bool = False
+    round0_cache: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """The curve label (:func:`strategy_label`)."""
+        return strategy_label(self.strategy, self.alnt, self.pseudo)
+
+    def config_overrides(self) -> list[str]:
+        """The settings the datastore is created with: the seed, the caller's overrides, ALNT off if asked."""
+        settings = [f"training.seed={self.seed}", *self.overrides]
+        if not self.alnt:
+            settings.append("alnt.enabled=false")
+        return settings
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """An MSD-style dataset with ground truth: image and label file per case id, and its ``dataset.json``."""
+
+    folder: Path
+    images: dict[str, Path]
+    labels: dict[str, Path]
+    description: dict[str, Any]
+
+
+@dataclass
+class _Experiment:
+    """A running experiment: its datastore, oracle and strategy, and what is fixed before round 0."""
+
+    settings: SimulationSettings
+    store: Datastore
+    oracle: SimulatedRadiologist
+    chooser: QueryStrategy
+    plan: SplitPlan
+    val_ids: list[str]
+    pool: list[str]
+    first: list[str]
+    test_cases: list[tuple[str, Path, Path]]
+    strategy_rng: random.Random
+    device: torch.device
+    cache_file: Path | None
+
+
+def _read_dataset(dataset_dir: Path) -> _Dataset:
+    """Read an MSD-style dataset. Raises ConfigError when it lists no labels."""
+    found = find_source(dataset_dir)
+    if not found.labels:
+        raise ConfigError(f"{dataset_dir}: the dataset lists no labels; a simulation needs ground truth")
+    description = json.loads(((dataset_dir / "dataset.json") if dataset_dir.is_dir() else dataset_dir).read_text())
+    return _Dataset(dataset_dir, dict(found.images), found.labels, description)
+
+
+def _fresh_work_dir(settings: SimulationSettings) -> tuple[Path, bool]:
+    """The (emptied) folder for the datastore, and whether it is a temporary one of this run."""
+    temporary = settings.work_dir is None
+    if settings.work_dir is not None:
+        work = Path(settings.work_dir)
+    else:
+        work = Path(os.environ.get("TMPDIR", "/tmp")) / f"activeseg-sim-{settings.strategy}-{settings.seed}-{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return work, temporary
+
+
+def _create_store(dataset: _Dataset, plan: SplitPlan, work: Path, settings: SimulationSettings) -> Datastore:
+    """The experiment's datastore over the planned cases (never the test split), settings applied."""
+    subset = _write_subset_dataset(work / "source", dataset.description, dataset.images, dataset.labels, plan.store)
+    config = Config()
+    config.val_fraction = plan.n_val / len(plan.store)
+    store, problems = init_datastore(work / "store", subset, overrides=settings.config_overrides(), seed=settings.seed, config=config)
+    if problems:
+        raise ConfigError(f"simulation data could not be imported: {problems}")
+    if store.config.training.num_threads:
+        torch.set_num_threads(store.config.training.num_threads)
+    return store
+
+
+def _start(dataset: _Dataset, plan: SplitPlan, work: Path, settings: SimulationSettings) -> _Experiment:
+    """Create the datastore, label the validation split and the initial set, and fix the round-0 cache entry.
+
+    Raises:
+        ConfigError: ``initial`` larger than the pool, or the data cannot be imported.
+    """
+    store = _create_store(dataset, plan, work, settings)
+    oracle = SimulatedRadiologist(dataset.labels)
+    val_ids = [c.case_id for c in store.cases(split="val")]
+    pool = [c.case_id for c in store.cases(split="train")]
+    assert not set(plan.test) & set(pool + val_ids), "test cases leaked into the datastore"
+    for case_id in val_ids:
+        oracle.label(store, case_id)
+    chooser = get_strategy(settings.strategy, passes=settings.mc_passes, write_pseudo=settings.pseudo)
+    if chooser.labels_everything:
+        first = list(pool)
+    else:
+        if settings.initial > len(pool):
+            raise ConfigError(f"initial={settings.initial} exceeds the pool of {len(pool)} cases")
+        first = random.Random(settings.seed).sample(pool, settings.initial)
+    for case_id in first:
+        oracle.label(store, case_id)
+    config = store.config
+    device = select_device(config.training.device)
+    logger.info(
+        "simulate %s (seed %d): %d test, %d validation, %d pool, %d initial, %d rounds x %d",
+        settings.label, settings.seed, len(plan.test), len(val_ids), len(pool), len(first), settings.rounds, settings.per_round,
+    )
+    cache_file = None
+    if settings.round0_cache is not None and not chooser.labels_everything:
+        cache_file = Path(settings.round0_cache) / f"round0-{_round0_key(config, settings.seed, val_ids, first)}.pt"
+    return _Experiment(
+        settings=settings, store=store, oracle=oracle, chooser=chooser, plan=plan, val_ids=val_ids, pool=pool,
+        first=first, test_cases=[(cid, dataset.images[cid], dataset.labels[cid]) for cid in plan.test],
+        # Derived from the seed but independent of how many draws the initial set took, so strategies that
+        # share a seed share the initial set exactly.
+        strategy_rng=random.Random(settings.seed * 7919 + 1),
+        device=device, cache_file=cache_file,
+    )
+
+
+def _train(experiment: _Experiment, round_index: int) -> tuple[ModelRecord, float, bool]:
+    """Train round ``round_index`` (or register the cached round-0 model): (model, train seconds, cached)."""
+    started = time.perf_counter()
+    cache_file = experiment.cache_file
+    if round_index == 0 and cache_file is not None and cache_file.is_file():
+        metrics = json.loads(cache_file.with_suffix(".json").read_text())
+        return experiment.store.add_model(cache_file, metrics, None), float(metrics["wall_s"]), True
+    record = train_round(experiment.store)
+    train_s = time.perf_counter() - started
+    if round_index == 0 and cache_file is not None:
+        _store_round0(cache_file, record.weights_path, {**record.metrics, "wall_s": train_s})
+    return record, train_s, False
+
+
+def _evaluate(experiment: _Experiment, record: ModelRecord) -> tuple[dict[str, Any], float]:
+    """Test Dice of a model (:func:`evaluate_test_split`) and the seconds it took."""
+    predictor = Predictor.from_checkpoint(record.weights_path, experiment.device, experiment.store.config.training.amp)
+    started = time.perf_counter()
+    dice = evaluate_test_split(predictor, experiment.test_cases, experiment.store.config)
+    return dice, time.perf_counter() - started
+
+
+def _run_round(experiment: _Experiment, round_index: int) -> dict[str, Any]:
+    """Train and evaluate one round; before the last, the strategy selects and the oracle labels K cases."""
+    settings, store = experiment.settings, experiment.store
+    record, train_s, cached = _train(experiment, round_index)
+    dice, eval_s = _evaluate(experiment, record)
+    trained_pseudo = [c.case_id for c in store.cases(state=CaseState.PSEUDO)]
+    row: dict[str, Any] = {
+        "round": round_index,
+        "model_version": record.version,
+        "labelled": record.metrics["n_expert"],
+        "pseudo": record.metrics["n_pseudo"],
+        "labelled_cases": sorted(record.metrics["expert_cases"]),
+        "pseudo_cases": sorted(trained_pseudo),
+        "test_dice": {**dice["per_class"], "mean": dice["mean"]},
+        "val_dice": record.metrics["val_dice"],
+        "best_epoch": record.metrics["best_epoch"],
+        "alnt": record.metrics["alnt"],
+        "train_s": train_s,
+        "round0_cached": cached,
+        "eval_s": eval_s,
+        "rank_s": 0.0,
+        "selected": [],
+        "new_pseudo": [],
+    }
+    if round_index < settings.rounds and not experiment.chooser.labels_everything:
+        selection = experiment.chooser.select(store, settings.per_round, experiment.strategy_rng)
+        assert not set(selection.strong) & set(experiment.plan.test)
+        for case_id in selection.strong:
+            experiment.oracle.label(store, case_id)
+        row.update({"rank_s": selection.seconds, "selected": selection.strong, "new_pseudo": sorted(selection.weak)})
+    logger.info(
+        "%s seed %d round %d: %d labelled, %d pseudo, test Dice %.4f (%s), train %.0f s, rank %.0f s",
+        settings.label, settings.seed, round_index, row["labelled"], row["pseudo"], dice["mean"],
+        ", ".join(f"{k} {v:.3f}" for k, v in dice["per_class"].items()), train_s, row["rank_s"],
+    )
+    return row
+
+
+def _metadata(experiment: _Experiment, dataset_dir: Path) -> dict[str, Any]:
+    """What a results file records about the run besides its rounds."""
+    settings, config = experiment.settings, experiment.store.config
+    return {
+        "strategy": settings.strategy,
+        "label": settings.label,
+        "seed": settings.seed,
+        "dataset": str(dataset_dir.resolve()),
+        "alnt": bool(settings.alnt and config.alnt.enabled),
+        "pseudo": bool(settings.pseudo and experiment.chooser.uses_pseudo_labels),
+        "rounds": settings.rounds,
+        "per_round": settings.per_round,
+        "initial": len(experiment.first),
+        "test_fraction": settings.test_fraction,
+        "val_fraction": settings.val_fraction,
+        "pool_size": len(experiment.pool),
+        "n_test": len(experiment.plan.test),
+        "n_val": len(experiment.val_ids),
+        "test_cases": experiment.plan.test,
+        "val_cases": sorted(experiment.val_ids),
+        "initial_cases": sorted(experiment.first),
+        "mc_passes": settings.mc_passes if settings.strategy == "mc-dropout" else None,
+        "overrides": settings.config_overrides(),
+        "config": config.to_dict(),
+        "machine": _machine(),
+        "date": _datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def run_simulation(dataset_dir: Path, settings: SimulationSettings) -> dict[str, Any]:
+    """Run one label-efficiency experiment and return its results.
+
+    Args:
+        dataset_dir: an MSD-style folder (``dataset.json`` with ``training`` image/label pairs).
+        settings: the experiment.
+
+    Returns:
+        JSON-ready ``{"format", "metadata": {...}, "rounds": [per-round dict], "seconds"}``. Each round:
+        ``round``, ``labelled`` (expert training labels the model was trained on), ``pseudo`` (pseudo-
+        labelled cases in its training), ``labelled_cases``, ``pseudo_cases``, ``test_dice`` (per class
+        and ``mean``), ``val_dice``, ``best_epoch``, ``alnt`` (weight statistics), ``train_s``,
+        ``rank_s`` (the selection after this round's model; 0 after the last round), ``selected``.
+
+    Raises:
+        ConfigError: unknown strategy, bad fractions, or ``initial`` larger than the pool.
+    """
+    if settings.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {settings.strategy!r}; choose from {sorted(STRATEGIES)}")
+    started = time.perf_counter()
+    dataset_dir = Path(dataset_dir)
+    dataset = _read_dataset(dataset_dir)
+    ids = sorted(cid for cid in dataset.images if cid in dataset.labels)
+    plan = plan_splits(ids, settings.seed, settings.test_fraction, settings.val_fraction, settings.pool_size)
+    work, temporary = _fresh_work_dir(settings)
+    experiment = _start(dataset, plan, work, settings)
+    rounds = [_run_round(experiment, round_index) for round_index in range(settings.rounds + 1)]
+    metadata = _metadata(experiment, dataset_dir)
+    seconds = time.perf_counter() - started
+    if temporary and not settings.keep_work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"format": RESULTS_FORMAT, "metadata": metadata, "rounds": rounds, "seconds": seconds}
+
+
 def simulate(
     dataset_dir: Path,
     strategy: str,
@@ -191,172 +478,13 @@ def simulate(
     keep_work_dir: bool = False,
     round0_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one label-efficiency experiment and return its results.
-
-    Args:
-        dataset_dir: an MSD-style folder (``dataset.json`` with ``training`` image/label pairs).
-        strategy: a name of :data:`activeseg.experiments.strategies.STRATEGIES`.
-        seed: seeds the test split, the validation split, the initial set, random strategies, the
-            network initialisation and training crops (``training.seed``), and dropout masks.
-        rounds: R, query rounds after the initial training round (R + 1 models in all).
-        per_round: K, cases the oracle labels per round.
-        initial: expert-labelled training cases before round 0.
-        test_fraction: share of the dataset held out as the test split.
-        val_fraction: share of the dataset in the fixed validation split.
-        overrides: ``section.name=value`` settings applied on top of the dataset-derived config.
-        alnt: ALNT re-weighting of pseudo-labels (only matters for ``dsal``); False sets ``alnt.enabled=false``.
-        work_dir: folder for the datastore (replaced); default a fresh folder under the system temp dir.
-        pool_size: cap on the training pool (seeded subset); ``None`` = all non-test, non-validation cases.
-        pseudo: DSAL's weak pseudo-labels (False = strong queue only).
-        mc_passes: T of ``mc-dropout``.
-        keep_work_dir: keep the datastore afterwards (default: removed when ``work_dir`` was not given).
-        round0_cache: folder sharing the round-0 model between runs of one seed (see the module docstring).
-
-    Returns:
-        JSON-ready ``{"format", "metadata": {...}, "rounds": [per-round dict], "seconds"}``. Each round:
-        ``round``, ``labelled`` (expert training labels the model was trained on), ``pseudo`` (pseudo-
-        labelled cases in its training), ``labelled_cases``, ``pseudo_cases``, ``test_dice`` (per class
-        and ``mean``), ``val_dice``, ``best_epoch``, ``alnt`` (weight statistics), ``train_s``,
-        ``rank_s`` (the selection after this round's model; 0 after the last round), ``selected``.
-
-    Raises:
-        ConfigError: unknown strategy, bad fractions, or ``initial`` larger than the pool.
-    """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
-    started = time.perf_counter()
-    dataset_dir = Path(dataset_dir)
-    found = find_source(dataset_dir)
-    if not found.labels:
-        raise ConfigError(f"{dataset_dir}: the dataset lists no labels; a simulation needs ground truth")
-    images = dict(found.images)
-    ids = sorted(cid for cid in images if cid in found.labels)
-    plan = plan_splits(ids, seed, test_fraction, val_fraction, pool_size)
-    source_json = json.loads(((dataset_dir / "dataset.json") if dataset_dir.is_dir() else dataset_dir).read_text())
-
-    temporary = work_dir is None
-    work = Path(work_dir) if work_dir is not None else Path(os.environ.get("TMPDIR", "/tmp")) / f"activeseg-sim-{strategy}-{seed}-{os.getpid()}"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    subset = _write_subset_dataset(work / "source", source_json, images, found.labels, plan.store)
-    settings = [f"training.seed={seed}", *(overrides or [])]
-    if not alnt:
-        settings.append("alnt.enabled=false")
-    config = Config()
-    config.val_fraction = plan.n_val / len(plan.store)
-    store, problems = init_datastore(work / "store", subset, overrides=settings, seed=seed, config=config)
-    if problems:
-        raise ConfigError(f"simulation data could not be imported: {problems}")
-    config = store.config
-    if config.training.num_threads:
-        torch.set_num_threads(config.training.num_threads)
-    oracle = SimulatedRadiologist(found.labels)
-    val_ids = [c.case_id for c in store.cases(split="val")]
-    pool = [c.case_id for c in store.cases(split="train")]
-    assert not set(plan.test) & set(pool + val_ids), "test cases leaked into the datastore"
-    for case_id in val_ids:
-        oracle.label(store, case_id)
-    chooser = get_strategy(strategy, passes=mc_passes, write_pseudo=pseudo)
-    rng = random.Random(seed)
-    if chooser.labels_everything:
-        first = list(pool)
-    else:
-        if initial > len(pool):
-            raise ConfigError(f"initial={initial} exceeds the pool of {len(pool)} cases")
-        first = rng.sample(pool, initial)
-    for case_id in first:
-        oracle.label(store, case_id)
-    # The strategy's own generator is derived from the seed but independent of how many draws the
-    # initial set took, so strategies that share a seed share the initial set exactly.
-    strategy_rng = random.Random(seed * 7919 + 1)
-    device = select_device(config.training.device)
-    test_cases = [(cid, images[cid], found.labels[cid]) for cid in plan.test]
-    label_text = strategy_label(strategy, alnt, pseudo)
-    logger.info(
-        "simulate %s (seed %d): %d test, %d validation, %d pool, %d initial, %d rounds x %d",
-        label_text, seed, len(plan.test), len(val_ids), len(pool), len(first), rounds, per_round,
+    """Keyword form of :func:`run_simulation`; the arguments are :class:`SimulationSettings`' fields."""
+    settings = SimulationSettings(
+        strategy=strategy, seed=seed, rounds=rounds, per_round=per_round, initial=initial, test_fraction=test_fraction,
+        val_fraction=val_fraction, overrides=tuple(overrides or ()), alnt=alnt, pool_size=pool_size, pseudo=pseudo,
+        mc_passes=mc_passes, work_dir=work_dir, keep_work_dir=keep_work_dir, round0_cache=round0_cache,
     )
-    results_rounds: list[dict[str, Any]] = []
-    cache_file = None
-    if round0_cache is not None and not chooser.labels_everything:
-        cache_file = Path(round0_cache) / f"round0-{_round0_key(config, seed, val_ids, first)}.pt"
-    for round_index in range(rounds + 1):
-        train_started = time.perf_counter()
-        cached = round_index == 0 and cache_file is not None and cache_file.is_file()
-        if cached:
-            assert cache_file is not None
-            cached_metrics = json.loads(cache_file.with_suffix(".json").read_text())
-            record = store.add_model(cache_file, cached_metrics, None)
-            train_s = float(cached_metrics["wall_s"])
-        else:
-            record = train_round(store)
-            train_s = time.perf_counter() - train_started
-            if round_index == 0 and cache_file is not None:
-                _store_round0(cache_file, record.weights_path, {**record.metrics, "wall_s": train_s})
-        predictor = Predictor.from_checkpoint(record.weights_path, device, config.training.amp)
-        eval_started = time.perf_counter()
-        dice = evaluate_test_split(predictor, test_cases, config)
-        eval_s = time.perf_counter() - eval_started
-        trained_pseudo = [c.case_id for c in store.cases(state=CaseState.PSEUDO)]
-        row: dict[str, Any] = {
-            "round": round_index,
-            "model_version": record.version,
-            "labelled": record.metrics["n_expert"],
-            "pseudo": record.metrics["n_pseudo"],
-            "labelled_cases": sorted(record.metrics["expert_cases"]),
-            "pseudo_cases": sorted(trained_pseudo),
-            "test_dice": {**dice["per_class"], "mean": dice["mean"]},
-            "val_dice": record.metrics["val_dice"],
-            "best_epoch": record.metrics["best_epoch"],
-            "alnt": record.metrics["alnt"],
-            "train_s": train_s,
-            "round0_cached": cached,
-            "eval_s": eval_s,
-            "rank_s": 0.0,
-            "selected": [],
-            "new_pseudo": [],
-        }
-        if round_index < rounds and not chooser.labels_everything:
-            selection = chooser.select(store, per_round, strategy_rng)
-            assert not set(selection.strong) & set(plan.test)
-            for case_id in selection.strong:
-                oracle.label(store, case_id)
-            row.update({"rank_s": selection.seconds, "selected": selection.strong, "new_pseudo": sorted(selection.weak)})
-        results_rounds.append(row)
-        logger.info(
-            "%s seed %d round %d: %d labelled, %d pseudo, test Dice %.4f (%s), train %.0f s, rank %.0f s",
-            label_text, seed, round_index, row["labelled"], row["pseudo"], dice["mean"],
-            ", ".join(f"{k} {v:.3f}" for k, v in dice["per_class"].items()), train_s, row["rank_s"],
-        )
-    metadata = {
-        "strategy": strategy,
-        "label": label_text,
-        "seed": seed,
-        "dataset": str(dataset_dir.resolve()),
-        "alnt": bool(alnt and config.alnt.enabled),
-        "pseudo": bool(pseudo and chooser.uses_pseudo_labels),
-        "rounds": rounds,
-        "per_round": per_round,
-        "initial": len(first),
-        "test_fraction": test_fraction,
-        "val_fraction": val_fraction,
-        "pool_size": len(pool),
-        "n_test": len(plan.test),
-        "n_val": len(val_ids),
-        "test_cases": plan.test,
-        "val_cases": sorted(val_ids),
-        "initial_cases": sorted(first),
-        "mc_passes": mc_passes if strategy == "mc-dropout" else None,
-        "overrides": settings,
-        "config": config.to_dict(),
-        "machine": _machine(),
-        "date": _datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-    seconds = time.perf_counter() - started
-    if temporary and not keep_work_dir:
-        shutil.rmtree(work, ignore_errors=True)
-    return {"format": RESULTS_FORMAT, "metadata": metadata, "rounds": results_rounds, "seconds": seconds}
+    return run_simulation(dataset_dir, settings)
 
 
 def load_results(path: Path) -> dict[str, Any]:
