@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from activeseg.store.datastore import Datastore
 from activeseg.errors import CaseStateError, ModelVersionError, TrainingCancelled
 from activeseg.io.volumes import read_volume
 from activeseg.model.network import build_network
+from activeseg.model.plan import Plan
+from activeseg.model.predictor import load_checkpoint
 from activeseg.pipeline.ranking_round import rank_round
 from activeseg.pipeline.training_round import load_training_data, train_round, validation_dice
 
@@ -47,13 +50,14 @@ def test_training_raises_validation_dice_well_above_untrained(labelled_store: Da
     store.config.training.epochs_first = 10
     store.config.training.steps_per_epoch = 5
     store.config.training.learning_rate = 5e-3
-    data = load_training_data(store)
-    torch.manual_seed(store.config.training.seed)
-    untrained = build_network(store.config.num_classes, store.config.network.channels, store.config.network.dropout)
-    before = validation_dice(untrained, data.validation, store.config, torch.device("cpu"))
     events: list[dict] = []
     record = train_round(store, progress=lambda e: events.append(e) or True)
     after = record.metrics["val_dice"]
+    plan = Plan.from_dict(record.metrics["plan"])
+    data = load_training_data(store, plan.target_spacing)
+    torch.manual_seed(store.config.training.seed)
+    untrained = build_network(store.config.num_classes, plan.channels, store.config.network.dropout, strides=plan.strides)
+    before = validation_dice(untrained, data.validation, plan, store.config, torch.device("cpu"))
     assert after["lung"] > before["lung"] + 0.3, (before, after)
     assert after["mean"] > before["mean"] + 0.15, (before, after)
     # progress: every step reported with a loss and a finite ETA; ETA reaches 0 at the end
@@ -112,14 +116,36 @@ def test_ranking_keeps_a_prediction_for_each_queued_case(labelled_store: Datasto
     assert kept == {store.prediction_path(c, version).name for c in result.strong}
 
 
-def test_a_round_never_selects_weights_worse_than_its_parent(labelled_store: Datastore) -> None:
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_round_never_registers_weights_worse_than_its_parent(labelled_store: Datastore, warm_start: bool) -> None:
     store = labelled_store
     store.config.training.learning_rate = 5e-3
-    store.config.training.epochs_first = 3
+    store.config.training.epochs_first = store.config.training.epochs_per_round = 3
     store.config.training.steps_per_epoch = 4
     first = train_round(store)
-    store.config.training.learning_rate = 50.0  # a fine-tuning round that can only wreck the model
+    assert first.metrics["kept_parent"] is False
+    store.config.training.warm_start = warm_start
+    store.config.training.learning_rate = 50.0  # a round that can only wreck the model
     second = train_round(store)
-    assert second.metrics["best_epoch"] == 0
-    assert second.metrics["val_dice"] == second.metrics["initial_val_dice"]
-    assert second.metrics["val_dice"]["mean"] == pytest.approx(first.metrics["val_dice"]["mean"], abs=1e-9)
+    assert second.metrics["warm_start"] is warm_start
+    assert second.metrics["kept_parent"] is True
+    assert second.metrics["parent_val_dice"]["mean"] > second.metrics["source_val_dice"]["mean"]
+    parent_weights, _ = load_checkpoint(first.weights_path, torch.device("cpu"))
+    kept_weights, _ = load_checkpoint(second.weights_path, torch.device("cpu"))
+    for name, tensor in parent_weights.state_dict().items():
+        torch.testing.assert_close(kept_weights.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_warm_start_keeps_the_parents_plan_and_scratch_replans(labelled_store: Datastore) -> None:
+    store = labelled_store
+    first = train_round(store)
+    store.config.training.warm_start = True
+    store.config.network.channels = (4, 8, 8)  # a new plan would use it; a warm start cannot
+    warm = train_round(store)
+    assert warm.metrics["plan"]["channels"] == first.metrics["plan"]["channels"] == [4, 8, 16, 16]
+    store.config.training.warm_start = False
+    scratch = train_round(store)
+    planned = json.loads((store.meta_dir / "plan.json").read_text())["plan"]
+    assert planned["channels"] == [4, 8, 8]
+    # what is registered is the new model, or its parent when the parent scored higher on validation
+    assert scratch.metrics["plan"]["channels"] == ([4, 8, 16, 16] if scratch.metrics["kept_parent"] else [4, 8, 8])

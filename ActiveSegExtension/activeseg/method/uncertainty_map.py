@@ -39,6 +39,7 @@ __all__ = [
     "uncertainty_map",
     "uncertainty_map_path",
     "write_uncertainty_map",
+    "write_uncertainty_volume", "write_uncertainty_volume",
 ]
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,16 @@ def write_uncertainty_map(meta_dir: Path, case_id: str, main: np.ndarray, half: 
     Raises:
         ValueError: bad probability arrays. GeometryMismatchError: the arrays are not on ``geometry``'s grid.
     """
-    percent = np.rint(uncertainty_map(main, half, quarter) * UNCERTAINTY_SCALE).astype(np.uint8)
+    return write_uncertainty_volume(meta_dir, case_id, uncertainty_map(main, half, quarter), geometry)
+
+
+def write_uncertainty_volume(meta_dir: Path, case_id: str, uncertainty: np.ndarray, geometry: Geometry) -> Path:
+    """Write an already computed map (float (k, j, i) in [0, 1] on ``geometry``'s grid) as uint8 percent.
+
+    The ranking round uses this: it computes :func:`uncertainty_map` on the plan's grid and resamples it onto
+    the image's own grid first.
+    """
+    percent = np.rint(np.clip(uncertainty, 0.0, 1.0) * UNCERTAINTY_SCALE).astype(np.uint8)
     target = uncertainty_map_path(meta_dir, case_id)
     atomic_write(target, lambda path: write_volume(percent, geometry, path, compress=True))
     logger.debug("uncertainty map of %s written (max %d %%)", case_id, int(percent.max(initial=0)))

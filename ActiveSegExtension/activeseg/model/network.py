@@ -98,8 +98,8 @@ class DeepSupervisedUNet3D(nn.Module):
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
-        decoded = []
         x = skips.pop()
+        decoded = [x]  # the bottleneck is the 1/4-resolution feature of a 3-level network
         for up, decoder in zip(self.ups, self.decoders):
             x = decoder(torch.cat([up(x), skips.pop()], dim=1))
             decoded.append(x)

@@ -229,10 +229,14 @@ def _strides_for(patch: list[int], spacing: tuple[float, float, float]) -> list[
     return strides  # type: ignore[return-value]
 
 
-def _round_patch(patch: list[float], strides: list[tuple[int, int, int]]) -> tuple[int, int, int]:
-    """Each edge up to a multiple of the total stride along its axis."""
+def _round_patch(patch: list[float], strides: list[tuple[int, int, int]], max_voxels: int) -> tuple[int, int, int]:
+    """Each edge to a multiple of the total stride along its axis: up while the patch stays within the budget
+    (a small volume is then covered whole), down otherwise; never below one multiple."""
     total = [int(np.prod([s[a] for s in strides])) for a in range(3)]
-    return tuple(int(max(total[a], math.ceil(patch[a] / total[a]) * total[a])) for a in range(3))  # type: ignore[return-value]
+    up = [max(total[a], math.ceil(patch[a] / total[a]) * total[a]) for a in range(3)]
+    if np.prod(up) <= max_voxels:
+        return tuple(int(v) for v in up)  # type: ignore[return-value]
+    return tuple(int(max(total[a], math.floor(patch[a] / total[a]) * total[a])) for a in range(3))  # type: ignore[return-value]
 
 
 def make_plan(fingerprint: DatasetFingerprint, *, max_patch_voxels: int = 128**3, base_channels: int = 16,
@@ -256,7 +260,7 @@ def make_plan(fingerprint: DatasetFingerprint, *, max_patch_voxels: int = 128**3
         axis = int(np.argmax([p * s for p, s in zip(patch, target)]))
         patch[axis] *= 0.9
     strides = _strides_for([int(round(p)) for p in patch], target)
-    patch_size = _round_patch(patch, strides)
+    patch_size = _round_patch(patch, strides, max_patch_voxels)
     levels = len(strides) + 1
     channels = tuple(min(base_channels * 2**level, max_channels) for level in range(levels))
     notes = [note] if note else []

@@ -65,7 +65,7 @@ def resample_to_grid(array: np.ndarray, source: Geometry, target: Geometry, *, i
         source: its geometry.
         target: the grid to sample onto.
         is_label: nearest neighbour (labels) instead of linear interpolation (images, probabilities).
-        default_value: value outside the source's extent.
+        default_value: value far outside the source's extent (within half a voxel the nearest voxel is used).
 
     Returns:
         (k, j, i) array of ``target.array_shape``; labels keep their dtype, images come back float32.
@@ -74,8 +74,10 @@ def resample_to_grid(array: np.ndarray, source: Geometry, target: Geometry, *, i
         return array
     interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
     moving = _image(array if is_label else array.astype(np.float32, copy=False), source)
+    # Points beyond the source's outermost voxel centres (up to half a voxel at each face when the grids differ)
+    # take the nearest voxel's value instead of ``default_value``, so probabilities still sum to 1 at the borders.
     resampled = sitk.Resample(moving, _reference(target), sitk.Transform(), interpolator, default_value,
-                              moving.GetPixelID())
+                              moving.GetPixelID(), True)
     return sitk.GetArrayFromImage(resampled)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from activeseg.io.atomic import atomic_write
 from activeseg.store.datastore import Datastore, ScoreRecord
+from activeseg.method.uncertainty_map import uncertainty_map, write_uncertainty_volume
 from activeseg.method.dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
 from activeseg.errors import ModelVersionError, TrainingCancelled
 from activeseg.io.volumes import Geometry
@@ -123,7 +124,13 @@ def rank_round(
     for index, record in enumerate(candidates, start=1):
         volume = store.load_image(record.case_id)
         image, planned, pad = predictor.prepare(volume)
-        score, main = score_case(record.case_id, predictor.predict_prepared(image, pad), config.num_classes)
+        heads = predictor.predict_prepared(image, pad)
+        score, main = score_case(record.case_id, heads, config.num_classes)
+        # The voxel-wise map Slicer overlays (where the heads disagree or the main head is unsure), from the same pass.
+        uncertainty = uncertainty_map(heads.main, heads.half, heads.quarter)
+        write_uncertainty_volume(store.meta_dir, record.case_id,
+                                 resample_to_grid(uncertainty, planned, volume.geometry, is_label=False), volume.geometry)
+        del heads
         score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, volume.geometry))))
         result.scores.append(score)
         main_maps[record.case_id] = resample_to_grid(main, planned, volume.geometry, is_label=True)
