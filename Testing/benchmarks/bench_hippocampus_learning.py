@@ -56,6 +56,13 @@ def _subset(folder: Path, source: dict, entries: list[dict]) -> Path:
     return path
 
 
+def _log_validation(event: dict) -> None:
+    """Progress: one log line per validation point (a round's epochs)."""
+    if event.get("phase") == "validate":
+        logger.info("epoch %d/%d: loss %.3f, validation Dice %s, %.0f s", event["epoch"], event["epochs"],
+                    event["loss"], event.get("val_dice"), event["elapsed_s"])
+
+
 def run_one(seed: int, budget: str, n_test: int, n_val: int, overrides: list[str], work: Path) -> dict:
     """Train one round on ``budget`` labelled volumes with ``seed``; return test Dice and costs."""
     source = json.loads((DATA / "dataset.json").read_text())
@@ -73,7 +80,7 @@ def run_one(seed: int, budget: str, n_test: int, n_val: int, overrides: list[str
         store, _ = init_datastore(folder / "store", _subset(folder, source, train + val), with_labels=True,
                                   config=config, seed=seed)
         started = time.perf_counter()
-        record = train_round(store)
+        record = train_round(store, progress=_log_validation)
         seconds = time.perf_counter() - started
         predictor = Predictor.from_checkpoint(record.weights_path, torch.device("cpu"), amp=False)
         per_case = []

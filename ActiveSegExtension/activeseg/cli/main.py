@@ -69,14 +69,14 @@ def train_command(args: argparse.Namespace) -> int:
     store = Datastore(args.data)
     bar = ProgressBar("training", enabled=not args.quiet)
     try:
-        record = train_round(store, progress=bar)
+        outcome = train_round(store, progress=bar)
     finally:
         bar.close()
-    dice = record.metrics["val_dice"]
+    metrics = outcome.metrics
     logger.info(
-        "model v%d (round %d): validation Dice %s; %d expert, %d pseudo-labelled case(s); %.0f s",
-        record.version, record.metrics["round"], _dice_text(dice), record.metrics["n_expert"],
-        record.metrics["n_pseudo"], record.metrics["seconds"],
+        "%s; round %d: validation Dice %s; %d expert, %d pseudo-labelled case(s); %.0f s",
+        outcome.message, metrics["round"], _dice_text(metrics["val_dice"]), metrics["n_expert"],
+        metrics["n_pseudo"], metrics["seconds"],
     )
     return 0
 
@@ -125,6 +125,12 @@ def status_command(args: argparse.Namespace) -> int:
         for m in store.models()
     ]
     sys.stdout.write(format_table(["model", "round", "expert", "pseudo", "val Dice"], rows) + "\n")
+    plan_file = store.meta_dir / "plan.json"
+    if plan_file.is_file():  # written by the last round trained from scratch (model/plan.py)
+        plan = json.loads(plan_file.read_text())["plan"]
+        rows = [[key, plan[key]] for key in ("target_spacing", "patch_size", "channels", "strides", "batch_size",
+                                             "normalisation", "clip", "mean", "sd", "notes")]
+        sys.stdout.write("\nplan (spacing mm and patch voxels in k, j, i order)\n" + format_table(["", "value"], rows) + "\n")
     return 0
 
 
