@@ -86,9 +86,12 @@ def test_round_loop_versions_scores_queue_and_pseudo_labels(labelled_store: Data
     assert not {c.case_id for c in store.cases(split="val")} & set(stored)
 
     second = train_round(store)
-    assert second.version == 2 and second.metrics["parent"] == 1
+    # a round that loses to its parent on validation registers nothing (issue 14 item 1)
+    assert second.version == (2 if second.registered else 1) and second.metrics["parent"] == 1
+    assert second.registered is not second.metrics["kept_parent"]
+    assert [m.version for m in store.models()] == ([1, 2] if second.registered else [1])
     assert second.metrics["n_pseudo"] == len(result.weak)
-    assert first.weights_path.is_file() and first.weights_path != second.weights_path
+    assert first.weights_path.is_file() and (first.weights_path != second.weights_path) is second.registered
     if result.weak:
         assert second.metrics["alnt"], "ALNT statistics are recorded when pseudo-labels train"
     store.activate(first.version)
@@ -149,3 +152,17 @@ def test_warm_start_keeps_the_parents_plan_and_scratch_replans(labelled_store: D
     assert planned["channels"] == [4, 8, 8]
     # what is registered is the new model, or its parent when the parent scored higher on validation
     assert scratch.metrics["plan"]["channels"] == ([4, 8, 16, 16] if scratch.metrics["kept_parent"] else [4, 8, 8])
+
+
+def test_a_pseudo_label_reviewed_while_a_round_starts_is_left_out(labelled_store: Datastore) -> None:
+    """Issue 12 item 6: accept/reject removes a pseudo-label file while training lists its cases."""
+    store = labelled_store
+    store.config.dsal.confidence_bins = 1  # every scored case with predicted foreground is a weak candidate
+    train_round(store)
+    result = rank_round(store)
+    assert result.weak, "the tiny model pseudo-labels at least one case"
+    gone = store.case(result.weak[0]).pseudo_path
+    assert gone is not None
+    gone.unlink()  # what a concurrent reject does between the round's listing and its reading
+    record = train_round(store)
+    assert record.metrics["n_pseudo"] == len(result.weak) - 1

@@ -16,8 +16,8 @@ How a round runs:
    with fresh optimiser moments is the shock that made fine-tuning rounds collapse a class.
 5. **Selection**: the step with the best mean validation Dice (on the planned grid) is kept. A round with a parent
    then compares its pick with the parent on the validation split, both on the source grids; when the parent
-   scores higher its weights are registered again (``kept_parent`` in the metrics, so how often it fires is
-   measured).
+   scores higher no version is registered: the parent stays active and the round's :class:`RoundResult` says so
+   (``kept_parent`` in its metrics and :attr:`RoundResult.message`, so how often it fires is measured).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from activeseg.store.datastore import TRAINED_STATES, Datastore, ModelRecord
 
 __all__ = [
     "TrainingData", "ProgressCallback", "load_training_data", "plan_round", "round_steps", "validation_dice",
-    "train_model", "train_round",
+    "train_model", "train_round", "RoundResult", "round_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,52 @@ class TrainingData:
     experts: list[CachedCase] = field(default_factory=list)
     pseudo: list[CachedCase] = field(default_factory=list)
     validation: list[CachedCase] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What a training round left behind.
+
+    Attributes:
+        model: the active version after the round: the new one, or the parent when the parent scored higher on
+            validation (then nothing was registered).
+        metrics: this round's metrics, as JSON types (the new version's stored metrics when one was registered).
+        registered: whether the round registered a new version.
+    """
+
+    model: ModelRecord
+    metrics: dict[str, Any]
+    registered: bool
+
+    @property
+    def version(self) -> int:
+        """The active version after the round."""
+        return self.model.version
+
+    @property
+    def weights_path(self) -> Path:
+        """The active version's weights file."""
+        return self.model.weights_path
+
+    @property
+    def message(self) -> str:
+        """One line for the radiologist: what the round did (see :func:`round_message`)."""
+        return round_message(self.metrics, self.model.version, self.registered)
+
+
+def round_message(metrics: dict[str, Any], version: int, registered: bool) -> str:
+    """What a round did, in one line: ``"registered model v3 (validation Dice 0.712)"`` or ``"kept the previous
+    model v2: the new weights scored 0.039 against 0.127 (mean validation Dice on the source grids)"``."""
+    if not registered:
+        new = (metrics.get("source_val_dice") or {}).get("mean")
+        old = (metrics.get("parent_val_dice") or {}).get("mean")
+        if isinstance(new, (int, float)) and isinstance(old, (int, float)):
+            return (f"kept the previous model v{version}: the new weights scored {new:.3f} against {old:.3f} "
+                    "(mean validation Dice on the source grids)")
+        return f"kept the previous model v{version}: the new weights did not score higher on validation"
+    dice = (metrics.get("val_dice") or {}).get("mean")
+    scored = f" (validation Dice {dice:.3f})" if isinstance(dice, (int, float)) else " (no labelled validation case)"
+    return f"registered model v{version}{scored}"
 
 
 def _target_spacing(store: Datastore, config: Config) -> tuple[float, float, float]:
@@ -102,10 +148,15 @@ def load_training_data(store: Datastore, spacing: tuple[float, float, float]) ->
             load_label = (lambda path=record.pseudo_path: read_segmentation_labelmap(path, config.labels))
         else:
             continue
-        target.append(cache.get(
-            record.case_id, source_key(record.image_path, label_path), spacing,
-            lambda cid=record.case_id: store.load_image(cid), load_label, config.num_classes,
-        ))
+        try:
+            target.append(cache.get(
+                record.case_id, source_key(record.image_path, label_path), spacing,
+                lambda cid=record.case_id: store.load_image(cid), load_label, config.num_classes,
+            ))
+        except FileNotFoundError:
+            # Reviewed or relabelled between listing and reading (accept/reject removes the pseudo file, a new
+            # submission replaces the label): this round trains without it rather than failing.
+            logger.warning("case %s: its label changed while the round started; left out of this round", record.case_id)
     return data
 
 
@@ -345,8 +396,9 @@ def _summarise_alnt(history: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.nanmean([h.get(key, float("nan")) for h in history])) for key in keys}
 
 
-def train_round(store: Datastore, progress: ProgressCallback | None = None) -> ModelRecord:
-    """Train one round and register its model as a new, active version.
+def train_round(store: Datastore, progress: ProgressCallback | None = None) -> RoundResult:
+    """Train one round and register its model as a new, active version, unless the parent scores higher on the
+    validation split: then nothing is registered and the parent stays active (``result.registered`` is False).
 
     Raises:
         CaseStateError: no expert or accepted label in the training split.
@@ -416,6 +468,9 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> M
         "alnt_enabled": config.alnt.enabled,
         "expert_cases": [c.case_id for c in data.experts],
     })
+    if kept_parent and parent is not None:
+        # As a registered version's metrics read back: JSON types (lists, not tuples).
+        return RoundResult(store.model(parent), json.loads(json.dumps(metrics)), registered=False)
     fd, temp_name = tempfile.mkstemp(prefix=TEMP_MARKER, suffix=".pt", dir=store.meta_dir)
     os.close(fd)
     try:
@@ -424,4 +479,4 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> M
     finally:
         Path(temp_name).unlink(missing_ok=True)
     logger.info("round %d: model v%d, validation Dice %s", round_index, record.version, metrics["val_dice"].get("mean"))
-    return record
+    return RoundResult(record, record.metrics, registered=True)
