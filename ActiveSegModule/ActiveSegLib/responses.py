@@ -248,6 +248,32 @@ class Job:
         value = (self.result or {}).get("model_version")
         return int(value) if isinstance(value, int) else None
 
+    @property
+    def outcome(self) -> str:
+        """What a finished job did, in words (empty while it runs).
+
+        A training round whose new weights lost to the active model on validation registers nothing; the backend
+        says so (``result.message``: "kept the previous model v1: the new weights scored 0.039 against 0.127 ..."),
+        and that is what is shown, never a bare "succeeded".
+        """
+        if not self.done:
+            return ""
+        if self.status != "succeeded":
+            return f"{self.kind} {self.status}" + (f": {self.error}" if self.error else "")
+        result = self.result or {}
+        message = result.get("message")
+        text = str(message) if isinstance(message, str) and message else f"{self.kind} finished"
+        rank = result.get("rank") if self.kind == "train" else result
+        if isinstance(rank, Mapping) and isinstance(rank.get("strong"), list):
+            text += (f"; ranked the pool: {len(rank['strong'])} case(s) queued, "
+                     f"{len(rank.get('weak') or [])} pseudo-labelled")
+        return text
+
+    @property
+    def registered_new_model(self) -> bool:
+        """Whether a finished training job added a model version (False when it kept the previous model)."""
+        return self.kind == "train" and self.status == "succeeded" and (self.result or {}).get("registered", True) is True
+
     def describe(self) -> tuple[float | None, str]:
         """Completed fraction and a one-line summary for a progress bar and label.
 
@@ -256,10 +282,7 @@ class Job:
             loss 0.412, ETA 1 min 5 s"``).
         """
         if self.done:
-            text = f"{self.kind} {self.status}"
-            if self.status != "succeeded" and self.error:
-                text += f": {self.error}"
-            return (1.0 if self.status == "succeeded" else None), text
+            return (1.0 if self.status == "succeeded" else None), self.outcome
         p = self.progress
         phase = p.phase or self.status
         fraction: float | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,26 @@ def test_init_train_rank_queue_status(phantom_source: Path, tmp_path: Path) -> N
     assert ranked.returncode == 0, ranked.stderr
     status = activeseg("status", "--data", str(store))
     assert "* v1" in status.stdout
+
+
+def test_a_round_that_loses_to_its_parent_registers_nothing_and_says_so(phantom_source: Path, tmp_path: Path) -> None:
+    """Issue 14 item 1: a round whose weights score lower on validation than the active model registers no copy
+    of the old model and says what happened, with both scores."""
+    store_root = tmp_path / "store"
+    created = activeseg("init", str(store_root), "--from", str(phantom_source), "--with-labels", *tiny_set_args(),
+                        "--set", "training.learning_rate=0.005", "--set", "training.epochs_first=3",
+                        "--set", "training.steps_per_epoch=4")
+    assert created.returncode == 0, created.stderr
+    first = activeseg("train", "--data", str(store_root), "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "registered model v1" in first.stderr
+    # a learning rate that can only wreck the model
+    assert activeseg("config", "--data", str(store_root), "--set", "training.learning_rate=50").returncode == 0
+    second = activeseg("train", "--data", str(store_root), "--quiet")
+    assert second.returncode == 0, second.stderr
+    assert re.search(r"kept the previous model v1: the new weights scored \d\.\d{3} against \d\.\d{3}", second.stderr), second.stderr
+    store = Datastore(store_root)
+    assert [m.version for m in store.models()] == [1] and store.active_version() == 1
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:

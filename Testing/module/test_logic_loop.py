@@ -124,7 +124,9 @@ def _train(core: Any) -> Any:
     job_id = core.training.retrain(then_rank=True)
     job = core.training.wait_for_job(job_id, timeout_s=240, interval_s=0.25, progress=seen.append)
     assert job.status == "succeeded", job.error or job.log_tail
-    assert job.describe() == (1.0, "train succeeded")
+    fraction, text = job.describe()
+    assert fraction == 1.0 and (text.startswith("registered model v") or text.startswith("kept the previous model v"))
+    assert "ranked the pool" in text
     assert all(0.0 <= (s.describe()[0] or 0.0) <= 1.0 and s.describe()[1].startswith("train") for s in seen)
     return job
 
@@ -228,9 +230,18 @@ def test_queue_rows_and_job_summaries_from_fixtures() -> None:
     rows = [QueueRow(item.case, item.rank) for item in Queue.from_json(fixture("queue")).items]
     assert rows[0].case_id == "phantom_006" and rows[0].cells() == ("phantom_006", "\u2014", "\u2014", "queued")
     scored = QueueRow(Case.from_json(fixture("case")))
-    assert scored.cells() == ("phantom_003", "0.467", "strong", "queued")
+    case = fixture("case")
+    assert scored.cells() == ("phantom_003", f"{case['mdsc']:.3f}", case["route"], case["state"])
     assert Job.from_json(fixture("job_running")).describe() == (None, "train: starting")
-    assert Job.from_json(fixture("job_succeeded")).describe() == (1.0, "train succeeded")
+    assert Job.from_json(fixture("job_succeeded")).describe()[1].startswith("registered model v1 (")
+    # Issue 14 item 1: a round that kept the previous model says so, with both scores; it is not a new version.
+    kept = Job.from_json({"job_id": "j", "kind": "train", "status": "succeeded", "progress": {"phase": "done"},
+                          "result": {"model_version": 1, "registered": False, "message":
+                                     "kept the previous model v1: the new weights scored 0.039 against 0.127 "
+                                     "(mean validation Dice on the source grids)"}})
+    assert kept.describe() == (1.0, "kept the previous model v1: the new weights scored 0.039 against 0.127 "
+                                    "(mean validation Dice on the source grids)")
+    assert not kept.registered_new_model and Job.from_json(fixture("job_succeeded")).registered_new_model
     fraction, text = Job.from_json({"job_id": "j", "kind": "train", "status": "running", "progress": {
         "phase": "train", "epoch": 2, "epochs": 4, "step": 5, "steps": 10, "loss": 0.41234, "eta_s": 65.2}}).describe()
     assert fraction == pytest.approx(15 / 40)

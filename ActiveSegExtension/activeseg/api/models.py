@@ -60,7 +60,12 @@ def _curve_point(version: int, metrics: dict[str, Any], active: bool) -> CurvePo
 
 @router.get("/learning-curve", response_model=CurveOut, summary="Validation Dice per model version")
 def learning_curve(context: ServerContext = Depends(get_context)) -> CurveOut:
-    """One point per version (round, labelled cases, validation Dice, final loss), oldest first."""
+    """One point per version (round, labelled cases, validation Dice, final loss), oldest first.
+
+    Versions that are copies of their parent (registered by older backends when a round kept the previous
+    model: their metrics describe weights that were discarded) are left out.
+    """
     store = context.store
     active = store.active_version()
-    return CurveOut(points=[_curve_point(r.version, r.metrics, r.version == active) for r in store.models()])
+    return CurveOut(points=[_curve_point(r.version, r.metrics, r.version == active) for r in store.models()
+                            if not r.metrics.get("kept_parent")])

@@ -63,7 +63,7 @@ from activeseg.store.sources import find_source
 from activeseg.experiments.oracle import SimulatedRadiologist
 from activeseg.experiments.strategies import STRATEGIES, QueryStrategy, get_strategy
 from activeseg.method.metrics import dice_per_class, summarise_dice
-from activeseg.pipeline.training_round import train_round
+from activeseg.pipeline.training_round import RoundResult, train_round
 
 __all__ = [
     "SplitPlan", "SimulationSettings", "plan_splits", "strategy_label", "evaluate_test_split", "run_simulation",
@@ -337,7 +337,7 @@ def _start(dataset: _Dataset, plan: SplitPlan, work: Path, settings: SimulationS
     )
 
 
-def _train(experiment: _Experiment, round_index: int) -> tuple[ModelRecord, float, bool]:
+def _train(experiment: _Experiment, round_index: int) -> tuple[ModelRecord | RoundResult, float, bool]:
     """Train round ``round_index`` (or register the cached round-0 model): (model, train seconds, cached)."""
     started = time.perf_counter()
     cache_file = experiment.cache_file
@@ -351,7 +351,7 @@ def _train(experiment: _Experiment, round_index: int) -> tuple[ModelRecord, floa
     return record, train_s, False
 
 
-def _evaluate(experiment: _Experiment, record: ModelRecord) -> tuple[dict[str, Any], float]:
+def _evaluate(experiment: _Experiment, record: ModelRecord | RoundResult) -> tuple[dict[str, Any], float]:
     """Test Dice of a model (:func:`evaluate_test_split`) and the seconds it took."""
     predictor = Predictor.from_checkpoint(record.weights_path, experiment.device, experiment.store.config.training.amp)
     started = time.perf_counter()

@@ -158,8 +158,13 @@ def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: Pro
     if kind == "train":
         from activeseg.pipeline.training_round import train_round
 
-        record = train_round(store, progress)
-        result: dict[str, Any] = {"model_version": record.version, "metrics": _jsonable(record.metrics)}
+        outcome = train_round(store, progress)
+        # "registered": False when the new weights lost to the active model on validation: no version was added,
+        # and "message" says so (the module shows it instead of a bare "succeeded").
+        result: dict[str, Any] = {
+            "model_version": outcome.version, "registered": outcome.registered, "message": outcome.message,
+            "metrics": _jsonable(outcome.metrics),
+        }
         if params.get("then_rank"):
             from activeseg.pipeline.ranking_round import rank_round
 
