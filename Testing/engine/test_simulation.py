@@ -210,6 +210,8 @@ def test_evaluate_test_split_is_exact_on_a_perfect_prediction(phantom_source: Pa
     from activeseg.config import Config
     from activeseg.io.volumes import read_volume
     from activeseg.model.network import DeepSupervisionOutput
+    from activeseg.model.plan import Plan
+    from activeseg.model.predictor import Predictor
 
     dataset = json.loads((phantom_source / "dataset.json").read_text())
     entry = dataset["training"][0]
@@ -223,8 +225,9 @@ def test_evaluate_test_split_is_exact_on_a_perfect_prediction(phantom_source: Pa
 
     config = Config()
     config.labels = {1: "lung", 2: "lesion"}
-    config.training.patch_size = tuple(int(s) for s in truth.shape)  # type: ignore[assignment]
+    spacing = tuple(reversed(read_volume(image_path).geometry.spacing))  # the plan keeps the image's own grid
+    plan = Plan(spacing, tuple(int(s) for s in truth.shape), [(2, 2, 2)] * 2, (4, 8, 8), 1, "zscore")
     model = Oracle()
     model.crop = truth
-    result = evaluate_test_split(model, [("p0", image_path, label_path)], config, torch.device("cpu"))
+    result = evaluate_test_split(Predictor(model, plan, torch.device("cpu"), amp=False), [("p0", image_path, label_path)], config)
     assert result["mean"] == pytest.approx(1.0)

@@ -43,6 +43,7 @@ from activeseg.io.atomic import TEMP_MARKER, atomic_write
 from activeseg.io.seg_nrrd import read_segmentation_labelmap
 from activeseg.io.volumes import read_geometry
 from activeseg.method.alnt import alnt_backward, pseudo_share
+from activeseg.method.metrics import dice_per_class, summarise_dice
 from activeseg.model.case_cache import CachedCase, CaseCache, source_key
 from activeseg.model.loss import DeepSupervisionLoss, balanced_class_weights
 from activeseg.model.network import DeepSupervisedUNet3D, build_network
@@ -50,7 +51,7 @@ from activeseg.model.plan import CaseStatistics, Plan, fingerprint_of, make_plan
 from activeseg.model.predictor import Predictor, load_checkpoint, predict_heads, save_checkpoint, select_device
 from activeseg.model.preprocessing import normalise, pad_value
 from activeseg.model.sampling import CropStream
-from activeseg.store.datastore import TRAINED_STATES, Datastore, ModelRecord
+from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, ModelRecord
 
 __all__ = [
     "TrainingData", "ProgressCallback", "load_training_data", "plan_round", "round_steps", "validation_dice",
@@ -143,7 +144,7 @@ def load_training_data(store: Datastore, spacing: tuple[float, float, float]) ->
         if record.state in TRAINED_STATES and record.label_path is not None:
             label_path, target = record.label_path, data.validation if record.split == "val" else data.experts
             load_label = (lambda cid=record.case_id: store.load_label(cid))
-        elif record.state == "pseudo" and record.pseudo_path is not None and record.split == "train":
+        elif record.state == CaseState.PSEUDO and record.pseudo_path is not None and record.split == "train":
             label_path, target = record.pseudo_path, data.pseudo
             load_label = (lambda path=record.pseudo_path: read_segmentation_labelmap(path, config.labels))
         else:
@@ -189,26 +190,6 @@ def round_steps(config: Config, n_labelled: int) -> int:
     return max(1, min(settings.max_steps, settings.steps_base + settings.steps_per_label * n_labelled))
 
 
-def _dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: list[int]) -> dict[int, float | None]:
-    """Dice per class value; None where the class is absent from both (it is not counted)."""
-    result: dict[int, float | None] = {}
-    for value in classes:
-        t, p = truth == value, prediction == value
-        total = int(t.sum()) + int(p.sum())
-        result[value] = 2.0 * int(np.logical_and(t, p).sum()) / total if total else None
-    return result
-
-
-def _summarise_dice(per_case: list[dict[int, float | None]], config: Config) -> dict[str, float]:
-    """``{label name: mean Dice over cases where counted}`` plus ``"mean"`` over classes (1.0 if never counted)."""
-    result = {}
-    for value, name in config.labels.items():
-        values = [d[value] for d in per_case if d[value] is not None]
-        result[name] = float(np.mean(values)) if values else 1.0
-    result["mean"] = float(np.mean(list(result.values())))
-    return result
-
-
 def validation_dice(model: DeepSupervisedUNet3D, cases: list[CachedCase], plan: Plan, config: Config,
                     device: torch.device) -> dict[str, float]:
     """Dice of the main head's argmax on whole validation volumes, on the planned grid (cheap: no resampling).
@@ -225,18 +206,18 @@ def validation_dice(model: DeepSupervisedUNet3D, cases: list[CachedCase], plan: 
         mean, sd = (case.mean, case.sd) if plan.normalisation == "zscore" else (None, None)
         image = normalise(np.asarray(case.image), plan, mean, sd)
         heads = predict_heads(model, image, plan.patch_size, device, config.training.amp, pad=pad_value(float(image.min())))
-        per_case.append(_dice_per_class(heads.main.argmax(axis=0), np.asarray(case.label), list(config.labels)))
-    return _summarise_dice(per_case, config)
+        per_case.append(dice_per_class(heads.main.argmax(axis=0), np.asarray(case.label), config.labels))
+    return summarise_dice(per_case, config.labels)
 
 
 def source_grid_dice(predictor: Predictor, store: Datastore, case_ids: list[str]) -> dict[str, float]:
     """Validation Dice of a predictor on the cases' own (source) grids: the fair ground to compare two models
     whose plans may differ."""
     per_case = [
-        _dice_per_class(predictor.segment(store.load_image(cid)), store.load_label(cid).array, list(store.config.labels))
+        dice_per_class(predictor.segment(store.load_image(cid)), store.load_label(cid).array, store.config.labels)
         for cid in case_ids
     ]
-    return _summarise_dice(per_case, store.config) if per_case else {}
+    return summarise_dice(per_case, store.config.labels) if per_case else {}
 
 
 def _optimiser(model: torch.nn.Module, config: Config, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -271,6 +252,12 @@ def _stream(cases: list[CachedCase], plan: Plan, batch: int, seed: int, config: 
                       prefetch_factor=4 if workers else None)
 
 
+def epoch_budget(config: Config, steps: int, epochs: int) -> tuple[int, int]:
+    """(epochs, optimiser steps per epoch) that :func:`train_model` runs for a budget of ``steps`` over ``epochs``."""
+    epochs = max(1, min(epochs, steps))
+    return epochs, config.training.steps_per_epoch or math.ceil(steps / epochs)
+
+
 def train_model(
     model: DeepSupervisedUNet3D,
     data: TrainingData,
@@ -297,8 +284,7 @@ def train_model(
     """
     settings = config.training
     torch.manual_seed(seed)
-    epochs = max(1, min(epochs, steps))
-    steps_per_epoch = settings.steps_per_epoch or math.ceil(steps / epochs)
+    epochs, steps_per_epoch = epoch_budget(config, steps, epochs)
     steps = steps_per_epoch * epochs
     optimiser, schedule = _optimiser(model, config, steps)
     use_alnt = bool(data.pseudo) and config.alnt.enabled
@@ -359,6 +345,7 @@ def train_model(
         phase_seconds["train"] += time.perf_counter() - phase_started
         loss_history.append(float(np.mean(epoch_losses)))
         phase_started = time.perf_counter()
+        report({"phase": "validate", "epoch": epoch, "epochs": epochs, "running": True})  # a pass starts
         dice = validation_dice(model, data.validation, plan, config, device)
         phase_seconds["validate"] += time.perf_counter() - phase_started
         val_history.append(dice)
@@ -396,14 +383,25 @@ def _summarise_alnt(history: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.nanmean([h.get(key, float("nan")) for h in history])) for key in keys}
 
 
+def _notify(progress: ProgressCallback | None, event: dict[str, Any]) -> None:
+    """Hand ``event`` to ``progress``; raise TrainingCancelled when it returns False."""
+    if progress is not None and progress(event) is False:
+        raise TrainingCancelled("training cancelled")
+
+
 def train_round(store: Datastore, progress: ProgressCallback | None = None) -> RoundResult:
     """Train one round and register its model as a new, active version, unless the parent scores higher on the
     validation split: then nothing is registered and the parent stays active (``result.registered`` is False).
+
+    Progress events, in order: ``preprocess`` (then ``preprocess`` with ``ready``, ``validation_cases`` and
+    ``compare_parent`` once the cases are cached), ``train`` per step and ``validate`` per epoch (see
+    :func:`train_model`), ``compare_parent`` with ``step``/``steps`` (models scored of 2) when there is a parent.
 
     Raises:
         CaseStateError: no expert or accepted label in the training split.
         TrainingCancelled: the progress callback asked to stop (no version is written).
     """
+    _notify(progress, {"phase": "preprocess"})
     config = store.config
     settings = config.training
     if settings.num_threads:
@@ -429,6 +427,10 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> R
     preprocess_seconds = time.perf_counter() - started
     steps = round_steps(config, len(data.experts) + len(data.pseudo))
     epochs = settings.epochs_per_round if warm else settings.epochs_first
+    planned_epochs, steps_per_epoch = epoch_budget(config, steps, epochs)
+    _notify(progress, {"phase": "preprocess", "ready": True, "validation_cases": len(data.validation),
+                       "compare_parent": parent is not None and bool(data.validation), "elapsed_s": preprocess_seconds,
+                       "epochs": planned_epochs, "steps_per_epoch": steps_per_epoch})
     logger.info(
         "round %d: %d expert, %d pseudo, %d validation cases; %d steps (%s) on %s; patch %s at %s mm",
         round_index, len(data.experts), len(data.pseudo), len(data.validation), steps,
@@ -441,11 +443,14 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> R
         # The rule that a round never registers weights worse than its parent, judged on the source grids
         # (the two models' plans may differ). How often it fires is recorded in the metrics.
         compare_started = time.perf_counter()
+        _notify(progress, {"phase": "compare_parent", "step": 0, "steps": 2})
         validation_ids = [c.case_id for c in data.validation]
         flips = settings.flip_axes if settings.tta_flips else ()
         parent_predictor = Predictor.from_checkpoint(store.model(parent).weights_path, device, settings.amp, flips)
         new_dice = source_grid_dice(Predictor(model, plan, device, settings.amp, flips), store, validation_ids)
+        _notify(progress, {"phase": "compare_parent", "step": 1, "steps": 2})
         parent_dice = source_grid_dice(parent_predictor, store, validation_ids)
+        _notify(progress, {"phase": "compare_parent", "step": 2, "steps": 2})
         metrics["phase_seconds"]["compare_parent"] = time.perf_counter() - compare_started
         metrics["source_val_dice"], metrics["parent_val_dice"] = new_dice, parent_dice
         if parent_dice.get("mean", -1.0) > new_dice.get("mean", -1.0):
