@@ -182,13 +182,19 @@ class JobProgress:
     """A running job's progress.
 
     Attributes:
-        phase: ``starting``, ``train``, ``validate``, ``rank``, ``pseudo-label``, ``done``.
-        epoch / epochs, step / steps: 1-based counters, when known.
+        phase: ``starting``, ``preprocess``, ``train``, ``validate``, ``compare_parent``, ``rank``, ``write``,
+            ``pseudo-label``, ``done``. phase_label: the phase in words.
+        fraction: share of the whole job done, in [0, 1] (all phases: training, validation, ranking, writing).
+        epoch / epochs, step / steps: 1-based counters within the phase, when known.
         loss: current mean training loss. val_dice: last validation Dice in [0, 1].
-        eta_s / elapsed_s: seconds. history: this job's finished epochs (a live loss/Dice curve).
+        eta_s: seconds left in the whole job (``None`` while not yet estimable). elapsed_s: seconds since start.
+        phase_eta_s: seconds left in the current phase (the engine's own estimate).
+        history: this job's finished epochs (a live loss/Dice curve).
     """
 
     phase: str | None = None
+    phase_label: str | None = None
+    fraction: float | None = None
     epoch: int | None = None
     epochs: int | None = None
     step: int | None = None
@@ -196,6 +202,7 @@ class JobProgress:
     loss: float | None = None
     val_dice: float | None = None
     eta_s: float | None = None
+    phase_eta_s: float | None = None
     elapsed_s: float | None = None
     history: list[EpochPoint] = field(default_factory=list)
 
@@ -286,12 +293,15 @@ class Job:
         p = self.progress
         phase = p.phase or self.status
         fraction: float | None = None
-        parts = [f"{self.kind}: {phase}"]
+        parts = [f"{self.kind}: {p.phase_label or phase}"]
+        if isinstance(p.fraction, (int, float)) and math.isfinite(p.fraction):
+            fraction = min(1.0, max(0.0, float(p.fraction)))  # the backend's whole-job estimate
         if p.epoch and p.epochs:
             parts.append(f"epoch {p.epoch}/{p.epochs}")
-            per_epoch = p.steps or 1
-            within = per_epoch if phase == "validate" else (p.step or 0)  # validation follows a finished epoch
-            fraction = min(1.0, max(0.0, ((p.epoch - 1) * per_epoch + within) / (p.epochs * per_epoch)))
+            if fraction is None:  # an older backend: the training phase's share only
+                per_epoch = p.steps or 1
+                within = per_epoch if phase == "validate" else (p.step or 0)  # validation follows a finished epoch
+                fraction = min(1.0, max(0.0, ((p.epoch - 1) * per_epoch + within) / (p.epochs * per_epoch)))
         if p.step and p.steps:
             parts.append(f"step {p.step}/{p.steps}")
         if isinstance(p.loss, (int, float)):
@@ -301,6 +311,8 @@ class Job:
         if isinstance(p.eta_s, (int, float)) and math.isfinite(p.eta_s):
             minutes, seconds = divmod(int(round(p.eta_s)), 60)
             parts.append(f"ETA {minutes} min {seconds} s" if minutes else f"ETA {seconds} s")
+        elif phase not in ("done",):
+            parts.append("ETA: estimating")
         return fraction, ", ".join(parts)
 
 

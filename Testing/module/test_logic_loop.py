@@ -127,6 +127,13 @@ def _train(core: Any) -> Any:
     fraction, text = job.describe()
     assert fraction == 1.0 and (text.startswith("registered model v") or text.startswith("kept the previous model v"))
     assert "ranked the pool" in text
+    # Issue 14 item 2: one progress over the whole job (training, validation, comparison, ranking, writing)
+    running = [s for s in seen if not s.done and s.progress.fraction is not None]
+    assert running, "the backend reports the whole job's fraction"
+    fractions = [s.progress.fraction for s in running]
+    assert fractions == sorted(fractions) and all(f < 1.0 for f in fractions)
+    assert all(s.progress.phase_label for s in running)
+    assert set(job.result["timing"]) >= {"step_s", "rank_case_s"}  # measured, for the next job's estimate
     assert all(0.0 <= (s.describe()[0] or 0.0) <= 1.0 and s.describe()[1].startswith("train") for s in seen)
     return job
 
@@ -232,7 +239,7 @@ def test_queue_rows_and_job_summaries_from_fixtures() -> None:
     scored = QueueRow(Case.from_json(fixture("case")))
     case = fixture("case")
     assert scored.cells() == ("phantom_003", f"{case['mdsc']:.3f}", case["route"], case["state"])
-    assert Job.from_json(fixture("job_running")).describe() == (None, "train: starting")
+    assert Job.from_json(fixture("job_running")).describe()[1].startswith("train: ")
     assert Job.from_json(fixture("job_succeeded")).describe()[1].startswith("registered model v1 (")
     # Issue 14 item 1: a round that kept the previous model says so, with both scores; it is not a new version.
     kept = Job.from_json({"job_id": "j", "kind": "train", "status": "succeeded", "progress": {"phase": "done"},

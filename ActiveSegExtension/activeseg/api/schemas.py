@@ -130,15 +130,19 @@ class JobProgress(BaseModel):
 
     model_config = {"extra": "allow"}
 
-    phase: str | None = Field(None, description="starting, train, validate, rank, pseudo-label, done")
+    phase: str | None = Field(
+        None, description="starting, preprocess, train, validate, compare_parent, rank, write, pseudo-label, done")
+    phase_label: str | None = Field(None, description="the phase in words, for a status line")
+    fraction: float | None = Field(None, ge=0.0, le=1.0, description="share of the whole job done (all phases)")
     epoch: int | None = None
     epochs: int | None = None
     step: int | None = None
     steps: int | None = None
     loss: float | None = None
     val_dice: float | None = None
-    eta_s: float | None = None
-    elapsed_s: float | None = None
+    eta_s: float | None = Field(None, description="seconds left in the whole job; null while it cannot be estimated")
+    phase_eta_s: float | None = Field(None, description="seconds left in the current phase, as the engine estimates")
+    elapsed_s: float | None = Field(None, description="seconds since the job started")
     history: list[EpochPoint] = Field(default_factory=list, description="this job's epochs so far (live curve)")
 
 

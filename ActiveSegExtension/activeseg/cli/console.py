@@ -24,8 +24,10 @@ class ProgressBar:
             return True
         from tqdm import tqdm
 
+        if event.get("phase") not in ("train", "validate", "rank", "pseudo-label"):
+            return True  # preprocess, compare_parent, write: no step bar
         if event.get("phase") == "validate":
-            if self._bar is not None and event.get("val_dice") is not None:
+            if self._bar is not None and event.get("val_dice") is not None and "loss" in event:
                 self._bar.set_postfix(loss=f"{event['loss']:.3f}", val_dice=f"{event['val_dice']:.3f}")
             return True
         total = event.get("steps", 1) * event.get("epochs", 1)

@@ -23,8 +23,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from activeseg.store.datastore import Datastore
+from activeseg.store.datastore import TRAINED_STATES, Datastore
 from activeseg.errors import ActiveSegError, TrainingCancelled
+from activeseg.jobs.progress import JobPlan, ProgressModel
 from activeseg.jobs.runner import JobTable
 
 __all__ = ["ProgressReporter", "execute", "main"]
@@ -32,6 +33,7 @@ __all__ = ["ProgressReporter", "execute", "main"]
 logger = logging.getLogger("activeseg.jobs.worker")
 
 _MIN_WRITE_INTERVAL_S = 0.5  # at most 2 database writes per second
+_HEARTBEAT_S = 2.0  # a phase without events (a long validation or comparison) still refreshes fraction and ETA
 _WATCHDOG_INTERVAL_S = 0.2
 SERVER_PID_ENV = "ACTIVESEG_SERVER_PID"
 
@@ -76,16 +78,25 @@ def start_watchdog(table: JobTable, job_id: str, expected_parent: int) -> thread
 class ProgressReporter:
     """The progress callback handed to the engine: throttled writes, cancellation by signal or orphaning.
 
+    Every write carries the whole job's ``fraction``, ``eta_s`` and ``phase_label`` from a
+    :class:`~activeseg.jobs.progress.ProgressModel` (the engine's own ``eta_s``, which covers its current phase
+    only, is kept as ``phase_eta_s``).
+
     Args:
         table: the job table.
         job_id: this job.
         min_interval_s: least time between two progress writes (a phase change is always written).
+        model: the job's progress model (default: one over the phases seen, with no history).
     """
 
-    def __init__(self, table: JobTable, job_id: str, min_interval_s: float = _MIN_WRITE_INTERVAL_S) -> None:
+    def __init__(self, table: JobTable, job_id: str, min_interval_s: float = _MIN_WRITE_INTERVAL_S,
+                 model: ProgressModel | None = None) -> None:
         self.table = table
         self.job_id = job_id
         self.min_interval_s = min_interval_s
+        self.model = model if model is not None else ProgressModel(JobPlan(phases=[]))
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
         self.latest: dict[str, Any] = {"phase": "starting"}
         self.cancelled = False
         self.orphaned = False
@@ -101,12 +112,20 @@ class ProgressReporter:
 
     def __call__(self, event: dict[str, Any]) -> bool:
         """Record ``event``; return False to ask the engine to stop."""
+        with self._lock:
+            return self._record(event)
+
+    def _record(self, event: dict[str, Any]) -> bool:
+        self.model.observe(event)
+        event = dict(event)
+        if "eta_s" in event:
+            event["phase_eta_s"] = event.pop("eta_s")
         phase_changed = event.get("phase") != self.latest.get("phase")
         if phase_changed:
             self.latest = {}
         self.latest.update(event)
         epoch_key = (event.get("phase"), event.get("epoch"))
-        if event.get("phase") == "validate" and epoch_key != self._last_epoch:
+        if event.get("phase") == "validate" and not event.get("running") and epoch_key != self._last_epoch:
             logger.info(
                 "epoch %s/%s: loss %.4f, validation Dice %s",
                 event.get("epoch"), event.get("epochs"), float(event.get("loss") or 0.0), event.get("val_dice"),
@@ -122,12 +141,69 @@ class ProgressReporter:
         return not self.cancelled
 
     def flush(self) -> None:
-        """Write the latest event now."""
-        self._last_write = time.monotonic()
-        snapshot = {**self.latest, "history": self.history} if self.history else self.latest
-        if not self.table.update_progress(self.job_id, snapshot):
-            # The server marked the job interrupted or cancelled: stop working for nobody.
-            self.cancelled = True
+        """Write the latest event now, with the whole job's fraction and ETA."""
+        with self._lock:
+            self._last_write = time.monotonic()
+            snapshot = {**self.latest, **self.model.snapshot()}
+            if self.latest.get("phase") == "done":
+                snapshot.update(fraction=1.0, eta_s=0.0)
+            if self.history:
+                snapshot["history"] = self.history
+            if not self.table.update_progress(self.job_id, snapshot):
+                # The server marked the job interrupted or cancelled: stop working for nobody.
+                self.cancelled = True
+
+    def start_heartbeat(self, interval_s: float = _HEARTBEAT_S) -> threading.Thread:
+        """Refresh the progress row at least every ``interval_s`` even when the engine reports nothing."""
+
+        def beat() -> None:
+            while not self._stop.wait(interval_s):
+                if time.monotonic() - self._last_write >= interval_s:
+                    try:
+                        self.flush()
+                    except Exception as exc:  # noqa: BLE001 - a missed refresh must not end the job
+                        logger.debug("progress refresh failed: %s", exc)
+
+        thread = threading.Thread(target=beat, name="progress-heartbeat", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_heartbeat(self) -> None:
+        """End the refresh thread."""
+        self._stop.set()
+
+
+def job_plan(store: Datastore, kind: str, params: dict[str, Any]) -> JobPlan:
+    """The phases and work counts of a job, as far as the datastore tells before it starts."""
+    from activeseg.method.dsal import weak_quota
+    from activeseg.pipeline.ranking_round import CANDIDATE_STATES
+
+    cases = store.cases()
+    validation = sum(1 for c in cases if c.split == "val" and c.state in TRAINED_STATES and c.label_path is not None)
+    candidates = sum(1 for c in cases if c.split == "train" and c.state in CANDIDATE_STATES)
+    dsal = store.config.dsal
+    active = store.active_version()
+    next_round = 1 if active is None else int(store.model(active).metrics.get("round", active)) + 1
+    ranks = kind == "rank" or (kind == "train" and bool(params.get("then_rank")))
+    quota = weak_quota(next_round if kind == "train" else next_round - 1, dsal) if params.get("write_pseudo", True) else 0
+    phases = (["preprocess", "train", "compare_parent"] if kind == "train" else []) + (["rank", "write"] if ranks else [])
+    if kind == "pseudo-label":
+        phases = ["pseudo-label"]
+    return JobPlan(
+        phases=phases, validation_cases=validation, compare_parent=kind == "train" and active is not None and validation > 0,
+        rank_cases=candidates, write_cases=min(candidates, dsal.strong_per_round + quota),
+    )
+
+
+def timing_history(table: JobTable, kind: str, limit: int = 20) -> dict[str, float]:
+    """Seconds per unit measured by recent succeeded jobs (newest first wins per key)."""
+    history: dict[str, float] = {}
+    for job in table.list(limit):
+        if job.status == "succeeded" and isinstance(job.result, dict) and isinstance(job.result.get("timing"), dict):
+            for key, value in job.result["timing"].items():
+                if isinstance(value, (int, float)):
+                    history.setdefault(key, float(value))
+    return history
 
 
 def _jsonable(value: Any) -> Any:
@@ -199,7 +275,13 @@ def execute(store_root: Path, job_id: str) -> str:
     store = Datastore(store_root)
     table = JobTable(store.meta_dir)
     job = table.get(job_id)
-    progress = ProgressReporter(table, job_id)
+    try:
+        model = ProgressModel(job_plan(store, job.kind, job.params), timing_history(table, job.kind))
+    except Exception as exc:  # noqa: BLE001 - estimates are a comfort; the job must run without them
+        logger.warning("no whole-job progress estimate: %s", exc)
+        model = None
+    progress = ProgressReporter(table, job_id, model=model)
+    progress.start_heartbeat()
     if threading_is_main() and SERVER_PID_ENV in os.environ:
         start_watchdog(table, job_id, server_pid())
     if threading_is_main():
@@ -208,6 +290,7 @@ def execute(store_root: Path, job_id: str) -> str:
     status, result, error = "failed", None, None
     try:
         result = _run_kind(store, job.kind, job.params, progress)
+        result["timing"] = progress.model.timing
         status = "succeeded"
     except TrainingCancelled:
         if progress.orphaned:
@@ -225,8 +308,10 @@ def execute(store_root: Path, job_id: str) -> str:
         else:
             error = f"{type(exc).__name__}: {exc}"
         logger.error("job %s failed: %s\n%s", job_id, error, traceback.format_exc())
+    progress.stop_heartbeat()
     if status == "succeeded":
-        progress.latest = {"phase": "done", "elapsed_s": progress.latest.get("elapsed_s")}
+        progress.latest = {"phase": "done"}
+        progress.model.observe({"phase": "done"})
         progress.flush()
     table.finish(job_id, status, result=result, error=error)
     logger.info("job %s %s", job_id, status)

@@ -152,11 +152,19 @@ def rank_round(
         for s in result.scores
     ])
     validation_queue = [c.case_id for c in store.cases(split="val") if c.state in ("unlabeled", "queued")]
+    # "write" events report progress only: the scores are stored, so the round finishes rather than cancels.
+    to_write = len(result.strong) + (len(result.weak) if write_pseudo else 0)
+    if progress is not None:
+        progress({"phase": "write", "step": 0, "steps": to_write})
     _write_predictions(store, version, {cid: (main_maps[cid], geometries[cid]) for cid in result.strong})
     store.set_queue(validation_queue + result.strong)
+    if progress is not None:
+        progress({"phase": "write", "step": len(result.strong), "steps": to_write})
     if write_pseudo:
         written = {cid: _write_pseudo(store, cid, main_maps[cid], geometries[cid]) for cid in result.weak}
         store.set_pseudo_labels(version, written)
+        if progress is not None:
+            progress({"phase": "write", "step": to_write, "steps": to_write})
     result.seconds = time.perf_counter() - started
     logger.info(
         "ranked %d case(s) with model v%d in %.1f s: %d queued, %d pseudo-labelled",
