@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -91,16 +92,44 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert summary["rounds"][1]["expert"] == 2 + 2  # the radiologist labelled round 1's queue
     assert summary["curve"].is_file() and summary["curve"].stat().st_size > 1000
-    # the last ranking's pseudo-labels are written out as Slicer segmentations over their images
+    # every ranking's pseudo-labels are kept as Slicer segmentations over their images (issue 14 item 8)
     pseudo = summary["pseudo_labels"]
-    assert len(pseudo) == summary["rounds"][-1]["new_pseudo"] > 0
+    assert len(pseudo) == sum(r["new_pseudo"] for r in summary["rounds"]) > 0
     store = Datastore(tmp_path / "demo" / "store")
+    last = tmp_path / "demo" / "pseudo_labels" / "round_2"
     for path in pseudo:
-        assert path.name.endswith(".seg.nrrd")
+        assert path.name.endswith(".seg.nrrd") and path.parent.name in ("round_1", "round_2")
         case_id = path.name.removesuffix(".seg.nrrd")
-        assert store.case(case_id).state == CaseState.PSEUDO
+        if path.parent == last:
+            assert store.case(case_id).state == CaseState.PSEUDO
         labelmap = read_segmentation_labelmap(path, store.config.labels)
         assert labelmap.geometry == store.image_geometry(case_id) and labelmap.array.any()
+    _check_final_predictions(store, summary["predictions"])
+
+
+def _check_final_predictions(store: Datastore, predictions: list[Path]) -> None:
+    assert sorted(p.name.removesuffix(".seg.nrrd") for p in predictions) == sorted(c.case_id for c in store.cases())
+    for path in predictions:
+        labelmap = read_segmentation_labelmap(path, store.config.labels)
+        assert labelmap.geometry == store.image_geometry(path.name.removesuffix(".seg.nrrd"))
+
+
+def test_demo_leaves_predictions_and_says_so_when_no_case_was_pseudo_labelled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 8: a demo whose rankings routed nothing to the weak labeller still leaves the final
+    predictions, and says why its pseudo-label folder is empty, with paths that resolve from where it ran."""
+    config = tiny_config()
+    config.dsal.weak_start_round = 99
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="activeseg.experiments.demo"):
+        summary = run_demo(Path("demo"), cases=8, rounds=1, initial_labels=2, progress=False, config=config,
+                           shape=PHANTOM_SHAPE)
+    assert summary["pseudo_labels"] == []
+    _check_final_predictions(Datastore(tmp_path / "demo" / "store"), summary["predictions"])
+    done = caplog.records[-1].getMessage()
+    assert "pseudo-labels:     none: no ranking routed a case to the weak labeller" in done
+    assert "final predictions: demo/predictions (8 .seg.nrrd files)" in done
+    assert (tmp_path / "demo" / "predictions").is_dir() and "images:            demo/" in done
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:

@@ -3,16 +3,27 @@
 24 small CT-like phantoms; 4 of them drawn into the fixed validation split (labelled by the simulated
 radiologist, never trained on); 4 expert labels to start; then 3 rounds of train -> rank -> the
 radiologist labels the queued cases. From round 2 the model also pseudo-labels its confident, agreeing
-cases, which train with ALNT re-weighting. Prints a table per round, writes the pseudo-labels as Slicer
-``.seg.nrrd`` files and a learning-curve PNG.
+cases, which train with ALNT re-weighting. Prints a table per round and leaves, for 3D Slicer:
+
+* ``pseudo_labels/round_N/<case>.seg.nrrd``: every pseudo-label a ranking wrote (those of round N train round
+  N + 1; the last round's are the ones pending review), so the folder is not empty when the last ranking
+  happens to route no case to the weak labeller;
+* ``predictions/<case>.seg.nrrd``: the final model's segmentation of every case;
+* ``learning_curve.png``. Each segmentation lies on its image's grid (the image paths are printed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
+
+from activeseg.io.atomic import atomic_write
+from activeseg.io.seg_nrrd import write_segmentation_file
+from activeseg.model.predictor import Predictor, select_device
+from activeseg.store.datastore import Datastore
 
 from activeseg.config import Config
 from activeseg.cli.console import ProgressBar, format_table
@@ -25,7 +36,7 @@ from activeseg.experiments.plotting import plot_learning_curve
 from activeseg.pipeline.ranking_round import rank_round
 from activeseg.pipeline.training_round import train_round
 
-__all__ = ["demo_config", "run_demo"]
+__all__ = ["demo_config", "run_demo", "write_final_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +66,52 @@ def demo_config() -> Config:
     return config
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the user can type it from where the demo was started (relative when under the cwd)."""
+    try:
+        return os.path.relpath(path.resolve(), Path.cwd()) if path.resolve().is_relative_to(Path.cwd()) else str(path.resolve())
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _keep_pseudo_labels(store: Datastore, case_ids: list[str], folder: Path) -> list[Path]:
+    """Copy the pseudo-labels a ranking just wrote (before the next ranking replaces them) into ``folder``."""
+    kept = []
+    for case_id in case_ids:
+        record = store.case(case_id)
+        if record.pseudo_path is None:  # not taken (e.g. the case was labelled meanwhile)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{case_id}.seg.nrrd"
+        shutil.copyfile(record.pseudo_path, target)
+        kept.append(target)
+    return kept
+
+
+def write_final_predictions(store: Datastore, folder: Path) -> list[Path]:
+    """Segment every case with the active model into ``folder/<case>.seg.nrrd`` (on each image's own grid).
+
+    Raises:
+        ModelVersionError: no model yet.
+    """
+    from activeseg.errors import ModelVersionError
+
+    version = store.active_version()
+    if version is None:
+        raise ModelVersionError("no model yet: nothing to predict with")
+    settings = store.config.training
+    predictor = Predictor.from_checkpoint(store.model(version).weights_path, select_device(settings.device), settings.amp)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for record in store.cases():
+        volume = store.load_image(record.case_id)
+        labelmap = predictor.segment(volume)
+        target = folder / f"{record.case_id}.seg.nrrd"
+        atomic_write(target, lambda path: write_segmentation_file(path, labelmap, volume.geometry, store.config.labels))
+        written.append(target)
+    return written
+
+
 def run_demo(
     out: Path, cases: int = 24, rounds: int = 3, initial_labels: int = 4, seed: int = 0, progress: bool = True,
     config: Config | None = None, shape: tuple[int, int, int] = (32, 64, 64),
@@ -66,7 +123,8 @@ def run_demo(
         shape: phantom size (k, j, i) voxels.
 
     Returns:
-        ``{"rounds": [per-round dict], "curve": png path, "pseudo_labels": [paths], "seconds": wall time}``.
+        ``{"rounds": [per-round dict], "curve": png path, "pseudo_labels": [paths, all rounds],
+        "predictions": [paths], "seconds": wall time}``.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -85,6 +143,8 @@ def run_demo(
         radiologist.label(store, record.case_id)
 
     summary_rows = []
+    pseudo_dir = out / "pseudo_labels"
+    pseudo_files: list[Path] = []
     for round_index in range(1, rounds + 1):
         bar = ProgressBar(f"round {round_index}: training", enabled=progress)
         model = train_round(store, progress=bar)
@@ -92,11 +152,14 @@ def run_demo(
         bar = ProgressBar(f"round {round_index}: ranking", enabled=progress)
         ranking = rank_round(store, progress=bar)
         bar.close()
+        pseudo_files += _keep_pseudo_labels(store, ranking.weak, pseudo_dir / f"round_{round_index}")
         counts = store.counts()
-        dice = model.metrics["val_dice"]
+        # What the active model scored: a round that kept the previous model reports the previous model's Dice.
+        dice = model.model.metrics["val_dice"]
         row = {
             "round": round_index,
             "model": model.version,
+            "registered": model.registered,
             "expert": model.metrics["n_expert"],
             "pseudo_trained": model.metrics["n_pseudo"],
             "val_dice": dice.get("mean"),
@@ -123,13 +186,8 @@ def run_demo(
             for case_id in ranking.strong:
                 radiologist.label(store, case_id)
 
-    pseudo_dir = out / "pseudo_labels"
-    pseudo_dir.mkdir(parents=True, exist_ok=True)
-    pseudo_files = []
-    for record in store.cases(state=CaseState.PSEUDO):
-        target = pseudo_dir / f"{record.case_id}.seg.nrrd"
-        shutil.copyfile(record.pseudo_path, target)
-        pseudo_files.append(target)
+    prediction_files = write_final_predictions(store, out / "predictions")
+    pending = {r.case_id for r in store.cases(state=CaseState.PSEUDO)}
     curve = plot_learning_curve(
         {"DSAL + ALNT (demo)": [(r["expert"], r["val_dice"] or 0.0, 0.0) for r in summary_rows]},
         out / "learning_curve.png",
@@ -140,9 +198,18 @@ def run_demo(
         ["round", "expert labels", "pseudo in training", "val Dice", "queued next"],
         [[r["round"], r["expert"], r["pseudo_trained"], r["val_dice"], ", ".join(r["queued"])] for r in summary_rows],
     ))
-    logger.info(
-        "\nDone in %.0f s.\n  datastore:      %s\n  pseudo-labels:  %s (%d .seg.nrrd files: drag into 3D Slicer over the image in %s)\n"
-        "  learning curve: %s\n  serve it:       activeseg serve --data %s",
-        seconds, store.root, pseudo_dir, len(pseudo_files), store.root / "images", curve, store.root,
+    image_dirs = sorted({_shown(r.image_path.parent) for r in store.cases()})
+    pseudo_text = (
+        f"{_shown(pseudo_dir)} ({len(pseudo_files)} .seg.nrrd files in round_N folders; {len(pending)} pending review)"
+        if pseudo_files else "none: no ranking routed a case to the weak labeller (the model found no confident, "
+        "agreeing case); see the final predictions"
     )
-    return {"rounds": summary_rows, "curve": curve, "pseudo_labels": pseudo_files, "seconds": seconds}
+    logger.info(
+        "\nDone in %.0f s.\n  datastore:         %s\n  pseudo-labels:     %s\n"
+        "  final predictions: %s (%d .seg.nrrd files)\n  images:            %s (drag an image and its .seg.nrrd "
+        "into 3D Slicer)\n  learning curve:    %s\n  serve it:          activeseg serve --data %s",
+        seconds, _shown(store.root), pseudo_text, _shown(out / "predictions"), len(prediction_files),
+        ", ".join(image_dirs), _shown(curve), _shown(store.root),
+    )
+    return {"rounds": summary_rows, "curve": curve, "pseudo_labels": pseudo_files, "predictions": prediction_files,
+            "seconds": seconds}
