@@ -2,7 +2,12 @@
 
 Settings are grouped by concern (network, training, dsal, alnt, intensity). Any setting can be
 overridden from the command line as ``--set section.name=value`` (e.g. ``--set alnt.lambda_=0.5``
-or its alias ``alnt.lambda=0.5``).
+or its alias ``alnt.lambda=0.5``); the top-level ones as ``--set val_fraction=0.25`` and
+``--set lease_seconds=600``. The label set: ``--set labels=liver,tumour`` (values 1, 2, ...),
+``--set labels.3=vessel`` (one value), ``--set label_colours.1=#d96c4e`` and
+``--set label_codes.1=SCT^10200004^Liver`` (a coded concept, scheme^value^meaning; known names get
+SNOMED CT codes without it). :func:`describe_settings` lists every setting with its meaning and range
+(``activeseg config --help``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,35 @@ __all__ = [
     "IntensityConfig",
     "Config",
     "apply_overrides",
+    "describe_settings",
+    "KNOWN_TERMS",
 ]
+
+#: SNOMED CT concepts (scheme^value^meaning, as Slicer's and DICOM's terminologies write them) of common CT
+#: segmentation classes, by lower-case name; a label named so gets the code unless ``label_codes`` says otherwise.
+KNOWN_TERMS: dict[str, str] = {
+    "lung": "SCT^39607008^Lung",
+    "lungs": "SCT^39607008^Lung",
+    "liver": "SCT^10200004^Liver",
+    "spleen": "SCT^78961009^Spleen",
+    "pancreas": "SCT^15776009^Pancreas",
+    "kidney": "SCT^64033007^Kidney",
+    "kidneys": "SCT^64033007^Kidney",
+    "heart": "SCT^80891009^Heart",
+    "aorta": "SCT^15825003^Aorta",
+    "bone": "SCT^272673000^Bone",
+    "lesion": "SCT^52988006^Lesion",
+    "tumour": "SCT^108369006^Neoplasm",
+    "tumor": "SCT^108369006^Neoplasm",
+    "nodule": "SCT^27925004^Nodule",
+    "hippocampus": "SCT^5366008^Hippocampus",
+    "prostate": "SCT^41216001^Prostate",
+    "bladder": "SCT^89837001^Urinary bladder",
+    "colon": "SCT^71854001^Colon",
+    "stomach": "SCT^69695003^Stomach",
+    "gallbladder": "SCT^28231008^Gallbladder",
+    "vessel": "SCT^59820001^Blood vessel",
+}
 
 
 @dataclass
@@ -71,8 +105,10 @@ class TrainingConfig:
         warm_start: start a round from the active model's weights (and its plan) instead of from scratch.
         foreground_crop_fraction: share of crops centred on a foreground voxel (nnU-Net: 1/3).
         augment: MONAI random augmentation of training crops (``model/sampling.py``).
-        flip_axes: axes (array order) mirrored by augmentation and test-time augmentation.
-        tta_flips: mirror test-time augmentation at inference (1 + len(flip_axes) passes; off: one pass).
+        mirroring: "auto" (mirror along ``flip_axes`` only when there is one foreground class: classes that differ
+            by side or position, such as left/right organs, become indistinguishable when mirrored), "on" or "off".
+        flip_axes: axes (array order) that mirroring may use.
+        tta_flips: mirror test-time augmentation at inference along the plan's mirror axes (1 + one pass per axis).
         loader_workers: DataLoader worker processes preparing batches (0 = in the training process).
         seed: random seed of crops, augmentation and initialisation.
         device: "auto" (CUDA when available), "cpu" or "cuda".
@@ -99,6 +135,7 @@ class TrainingConfig:
     warm_start: bool = False
     foreground_crop_fraction: float = 0.33
     augment: bool = True
+    mirroring: str = "auto"
     flip_axes: tuple[int, ...] = (0, 1, 2)
     tta_flips: bool = False
     loader_workers: int = 0
@@ -172,11 +209,16 @@ class Config:
 
     Attributes:
         labels: foreground class names by label value (1-based); 0 is background.
+        label_colours: segment colour (RGB in [0, 1]) by label value; values without one take the segmentation writer's palette.
+        label_codes: coded concept by label value, ``scheme^value^meaning`` (e.g. ``SCT^10200004^Liver``); values
+            without one take :data:`KNOWN_TERMS` by name, else none.
         val_fraction: share of cases drawn into the fixed validation split at ``init``.
-        lease_seconds: how long a queued case stays leased to one annotator.
+        lease_seconds: how long a queued case stays leased to one annotator, seconds.
     """
 
     labels: dict[int, str] = field(default_factory=lambda: {1: "lung", 2: "lesion"})
+    label_colours: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    label_codes: dict[int, str] = field(default_factory=dict)
     val_fraction: float = 0.2
     lease_seconds: float = 1800.0
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -184,6 +226,14 @@ class Config:
     dsal: DsalConfig = field(default_factory=DsalConfig)
     alnt: AlntConfig = field(default_factory=AlntConfig)
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
+
+    def colour(self, value: int) -> tuple[float, float, float] | None:
+        """The segment colour chosen for label ``value`` (RGB in [0, 1]), or ``None``: the writer's palette."""
+        return self.label_colours.get(value)
+
+    def code(self, value: int) -> str | None:
+        """The coded concept ``scheme^value^meaning`` of label ``value``, or ``None`` when unknown."""
+        return self.label_codes.get(value) or KNOWN_TERMS.get(self.labels.get(value, "").strip().lower())
 
     @property
     def num_classes(self) -> int:
@@ -194,8 +244,21 @@ class Config:
         """Raise :class:`ConfigError` naming the first invalid setting."""
         if not self.labels or any(k < 1 for k in self.labels):
             raise ConfigError(f"labels must map values >= 1 to names, got {self.labels!r}")
+        if any(not name.strip() for name in self.labels.values()) or len(set(self.labels.values())) != len(self.labels):
+            raise ConfigError(f"labels need distinct, non-empty names, got {self.labels!r}")
+        for value in (*self.label_colours, *self.label_codes):
+            if value not in self.labels:
+                raise ConfigError(f"label_colours/label_codes name value {value}, which is not a label ({self.labels!r})")
+        for value, colour in self.label_colours.items():
+            if len(colour) != 3 or not all(0.0 <= c <= 1.0 for c in colour):
+                raise ConfigError(f"label_colours.{value} must be three values in [0, 1] or #rrggbb, got {colour!r}")
+        for value, code in self.label_codes.items():
+            if len(code.split("^")) != 3 or not all(part.strip() for part in code.split("^")):
+                raise ConfigError(f"label_codes.{value} must be scheme^value^meaning (e.g. SCT^10200004^Liver), got {code!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.lease_seconds > 0:
+            raise ConfigError(f"lease_seconds must be > 0, got {self.lease_seconds}")
         if not 0.0 <= self.alnt.lambda_ <= 1.0:
             raise ConfigError(f"alnt.lambda must be in [0, 1], got {self.alnt.lambda_}")
         if self.alnt.objective not in ("expert+weighted", "weighted"):
@@ -212,6 +275,8 @@ class Config:
             raise ConfigError(f"network.channels needs at least 3 levels (DSAL's 1/2 and 1/4 heads), got {self.network.channels}")
         if self.training.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"training.optimizer must be adamw or sgd, got {self.training.optimizer!r}")
+        if self.training.mirroring not in ("auto", "on", "off"):
+            raise ConfigError(f"training.mirroring must be auto, on or off, got {self.training.mirroring!r}")
         if any(a not in (0, 1, 2) for a in self.training.flip_axes):
             raise ConfigError(f"training.flip_axes must be array axes 0, 1, 2, got {self.training.flip_axes}")
         if self.dsal.confidence_bins < 1 or self.dsal.strong_per_round < 0:
@@ -221,6 +286,8 @@ class Config:
         """JSON-ready dictionary (label keys become strings)."""
         data = dataclasses.asdict(self)
         data["labels"] = {str(k): v for k, v in self.labels.items()}
+        data["label_colours"] = {str(k): list(v) for k, v in self.label_colours.items()}
+        data["label_codes"] = {str(k): v for k, v in self.label_codes.items()}
         return data
 
     @classmethod
@@ -230,6 +297,10 @@ class Config:
         for key, value in data.items():
             if key == "labels":
                 config.labels = {int(k): str(v) for k, v in value.items()}
+            elif key == "label_colours":
+                config.label_colours = {int(k): _colour(v, f"label_colours.{k}") for k, v in value.items()}
+            elif key == "label_codes":
+                config.label_codes = {int(k): str(v) for k, v in value.items()}
             elif key in _SECTIONS:
                 section = getattr(config, key)
                 for name, item in value.items():
@@ -289,17 +360,151 @@ def _set_field(section: Any, name: str, value: Any, dotted: str) -> None:
     setattr(section, name, converted)
 
 
+def _colour(value: Any, dotted: str) -> tuple[float, float, float]:
+    """``#rrggbb``, ``r,g,b`` in [0, 1], or a list of three numbers, as RGB in [0, 1]."""
+    try:
+        if isinstance(value, str) and value.strip().startswith("#") and len(value.strip()) == 7:
+            text = value.strip()[1:]
+            return tuple(int(text[i:i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        if len(items) == 3:
+            return tuple(float(v) for v in items)  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{dotted}: expected #rrggbb or r,g,b in [0, 1], got {value!r}")
+
+
+def _label_value(text: str, dotted: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or value > 255:
+        raise ConfigError(f"{dotted}: label values are integers 1..255, got {text!r}")
+    return value
+
+
+def _set_label_setting(config: Config, dotted: str, value: str) -> None:
+    """``labels=a,b``, ``labels.N=name``, ``label_colours.N=#rrggbb``, ``label_codes.N=scheme^value^meaning``."""
+    key, _, index = dotted.partition(".")
+    if key == "labels" and not index:
+        names = [n.strip() for n in value.split(",")]
+        config.labels = {i: n for i, n in enumerate(names, start=1)}
+        config.label_colours = {k: v for k, v in config.label_colours.items() if k in config.labels}
+        config.label_codes = {k: v for k, v in config.label_codes.items() if k in config.labels}
+        return
+    if not index:
+        raise ConfigError(f"{dotted}: expected {key}.VALUE=..., e.g. {key}.1=...")
+    label = _label_value(index, dotted)
+    if key == "labels":
+        config.labels = dict(sorted({**config.labels, label: value.strip()}.items()))
+    elif key == "label_colours":
+        config.label_colours[label] = _colour(value, dotted)
+    else:
+        config.label_codes[label] = value.strip()
+
+
+#: Top-level settings and the label set, beside the sections.
+_TOP_LEVEL = ("val_fraction", "lease_seconds")
+_LABEL_KEYS = ("labels", "label_colours", "label_codes")
+
+
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply ``section.name=value`` strings (from ``--set``) and validate.
+    """Apply ``section.name=value`` (and ``val_fraction=``, ``lease_seconds=``, ``labels...=``) strings from
+    ``--set`` and validate.
 
     Raises:
         ConfigError: a malformed string, unknown setting or invalid value.
     """
     for item in overrides:
         dotted, sep, value = item.partition("=")
-        section_name, dot, name = dotted.strip().partition(".")
+        dotted = dotted.strip()
+        section_name, dot, name = dotted.partition(".")
+        if sep and section_name in _LABEL_KEYS:
+            _set_label_setting(config, dotted, value)
+            continue
+        if sep and not dot and dotted in _TOP_LEVEL:
+            try:
+                setattr(config, dotted, float(value))
+            except ValueError as exc:
+                raise ConfigError(f"{dotted}: cannot use {value!r} ({exc})") from exc
+            continue
         if not sep or not dot or section_name not in _SECTIONS:
-            raise ConfigError(f"--set expects section.name=value with section in {_SECTIONS}, got {item!r}")
+            raise ConfigError(
+                f"--set expects section.name=value with section in {_SECTIONS}, or one of {_TOP_LEVEL + _LABEL_KEYS}"
+                f" (see 'activeseg config --help'), got {item!r}")
         _set_field(getattr(config, section_name), name.strip(), value.strip(), dotted)
     config.validate()
     return config
+
+
+#: What values each setting accepts, where more than its type says (shown by ``activeseg config --help``).
+_RANGES: dict[str, str] = {
+    "labels": "values 1..255, distinct non-empty names",
+    "label_colours": "#rrggbb or r,g,b in [0, 1]",
+    "label_codes": "scheme^value^meaning",
+    "val_fraction": "[0, 1)",
+    "lease_seconds": "> 0",
+    "network.channels": "empty, or >= 3 positive integers",
+    "network.dropout": "[0, 1)",
+    "training.patch_size": "empty, or 3 positive integers (k,j,i)",
+    "training.target_spacing": "empty, or 3 positive mm values (k,j,i)",
+    "training.optimizer": "adamw | sgd",
+    "training.device": "auto | cpu | cuda",
+    "training.flip_axes": "subset of 0,1,2",
+    "training.warmup_fraction": "[0, 1]",
+    "training.foreground_crop_fraction": "[0, 1]",
+    "training.learning_rate": "> 0",
+    "dsal.strong_per_round": ">= 0",
+    "dsal.confidence_bins": ">= 1",
+    "alnt.lambda_": "[0, 1] (alias alnt.lambda)",
+    "alnt.objective": "expert+weighted | weighted",
+    "intensity.mode": "ct | zscore",
+}
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``{field: meaning}`` from a dataclass docstring's ``Attributes:`` section (continuation lines joined)."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    inside, current, indent = False, "", 0
+    for line in lines:
+        stripped = line.strip()
+        if stripped == "Attributes:":
+            inside, indent = True, len(line) - len(line.lstrip()) + 4
+            continue
+        if not inside or not stripped:
+            continue
+        depth = len(line) - len(line.lstrip())
+        if depth == indent and ":" in stripped:
+            names, _, text = stripped.partition(":")
+            current = names.strip()
+            docs[current] = text.strip()
+        elif depth > indent and current:
+            docs[current] += " " + stripped
+        elif depth < indent:
+            break
+    return docs
+
+
+def describe_settings(config: Config | None = None) -> str:
+    """Every setting, one paragraph each: ``name = current value  [range]`` and its meaning."""
+    config = config or Config()
+    rows: list[tuple[str, Any, str]] = []
+    top_docs = _attribute_docs(Config)
+    for name in ("labels", "label_colours", "label_codes", *_TOP_LEVEL):
+        rows.append((name, getattr(config, name), top_docs.get(name, "")))
+    for section_name in _SECTIONS:
+        section = getattr(config, section_name)
+        docs = _attribute_docs(type(section))
+        for f in dataclasses.fields(section):
+            rows.append((f"{section_name}.{f.name}", getattr(section, f.name), docs.get(f.name, "")))
+    paragraphs = []
+    for dotted, value, meaning in rows:
+        shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else value
+        if isinstance(value, dict):
+            shown = ",".join(f"{k}:{v}" for k, v in value.items()) or "(none)"
+        limits = f"  [{_RANGES[dotted]}]" if dotted in _RANGES else ""
+        meaning = re.sub(r":\w+:`([^`]+)`", r"\1", meaning).replace("``", "")  # docstring markup, for a terminal
+        paragraphs.append(f"  {dotted} = {shown}{limits}\n      {meaning}")
+    return "\n".join(paragraphs)

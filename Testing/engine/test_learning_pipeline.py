@@ -187,3 +187,20 @@ def test_alnt_dot_products_are_exact_on_planned_networks(strides) -> None:
     expected = torch.clamp(torch.tensor(dots, dtype=torch.float64), min=0)
     expected = expected / expected.sum() if expected.sum() > 0 else expected
     torch.testing.assert_close(result.rgs.double(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_mirroring_is_planned_only_where_mirrored_classes_keep_their_meaning() -> None:
+    from monai.transforms import RandFlipd
+
+    from activeseg.model.plan import mirror_axes_for
+    from activeseg.model.sampling import build_augmentation
+
+    assert mirror_axes_for(1, "auto") == (0, 1, 2)  # a lesion mirrored is still a lesion
+    assert mirror_axes_for(2, "auto") == ()  # anterior/posterior or left/right parts would swap meaning
+    assert mirror_axes_for(2, "on", (2,)) == (2,) and mirror_axes_for(1, "off") == ()
+    plan = Plan((1.0, 1.0, 1.0), (16, 16, 16), [(2, 2, 2)] * 2, (4, 8, 8), 2, "zscore", mirror_axes=(2,))
+    flips = [t for t in build_augmentation(plan).transforms if isinstance(t, RandFlipd)]
+    assert [t.flipper.spatial_axis for t in flips] == [2]
+    assert Plan.from_dict(plan.to_dict()).mirror_axes == (2,)
+    with pytest.raises(ConfigError, match="mirroring"):
+        apply_overrides(Config(), ["training.mirroring=sometimes"])

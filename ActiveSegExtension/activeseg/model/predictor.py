@@ -153,18 +153,19 @@ class Predictor:
         plan: the plan it was trained with.
         device: where windows run.
         amp: bfloat16 autocast on CUDA.
-        tta_flips: mirrored test-time augmentation axes (see :func:`predict_heads`).
+        tta: mirrored test-time augmentation along the plan's mirror axes (see :func:`predict_heads`).
     """
 
     def __init__(self, model: DeepSupervisedUNet3D, plan: Plan, device: torch.device, amp: bool = True,
-                 tta_flips: Sequence[int] = ()) -> None:
-        self.model, self.plan, self.device, self.amp, self.tta_flips = model, plan, device, amp, tuple(tta_flips)
+                 tta: bool = False) -> None:
+        self.model, self.plan, self.device, self.amp = model, plan, device, amp
+        self.tta_flips = tuple(plan.mirror_axes) if tta else ()
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: torch.device, amp: bool = True, tta_flips: Sequence[int] = ()) -> Predictor:
+    def from_checkpoint(cls, path: Path, device: torch.device, amp: bool = True, tta: bool = False) -> Predictor:
         """Load a checkpoint written by :func:`save_checkpoint`."""
         model, plan = load_checkpoint(path, device)
-        return cls(model, plan, device, amp, tta_flips)
+        return cls(model, plan, device, amp, tta)
 
     def prepare(self, volume: Volume) -> tuple[np.ndarray, Geometry, float]:
         """The network's input: (normalised (k, j, i) array on the planned grid, that grid, padding value)."""

@@ -7,7 +7,7 @@
   foreground locations; the others are uniform. Volumes smaller than the patch are padded with
   :func:`activeseg.model.preprocessing.pad_value`, the same value sliding-window inference pads with.
 * **Augmentation** (MONAI, nnU-Net's set at its probabilities): rotation and scaling (in-plane only when the plan
-  is anisotropic), Gaussian noise, Gaussian blur, brightness, gamma, and mirroring along ``flip_axes``.
+  is anisotropic), Gaussian noise, Gaussian blur, brightness, gamma, and mirroring along the plan's mirror axes.
 * **Determinism**: every random draw comes from one ``numpy`` generator per stream and MONAI's transform state,
   both seeded from ``(seed, worker id)``; the same seed gives the same batches.
 * **Workers**: :class:`CropStream` is an ``IterableDataset``; a ``torch.utils.data.DataLoader`` with workers
@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -81,11 +81,11 @@ def sample_crop(case: CachedCase, plan: Plan, rng: np.random.Generator,
     return image, label
 
 
-def build_augmentation(plan: Plan, flip_axes: Sequence[int] = (0, 1, 2)) -> Compose:
+def build_augmentation(plan: Plan) -> Compose:
     """MONAI random transforms over ``{"image", "label"}`` tensors of shape (1, k, j, i).
 
     nnU-Net's probabilities: rotation/scaling 0.2 each, noise 0.1, blur 0.2, brightness 0.15, gamma 0.3, mirroring
-    0.5 per axis. With anisotropic strides (an axis not down-sampled at the first level) rotations turn only about
+    0.5 per axis along ``plan.mirror_axes``. With anisotropic strides (an axis not down-sampled at the first level) rotations turn only about
     that axis, i.e. in-plane.
     """
     first = plan.strides[0]
@@ -99,7 +99,7 @@ def build_augmentation(plan: Plan, flip_axes: Sequence[int] = (0, 1, 2)) -> Comp
         RandScaleIntensityd(keys="image", prob=0.15, factors=0.25),
         RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
     ]
-    transforms += [RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=axis) for axis in flip_axes]
+    transforms += [RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=axis) for axis in plan.mirror_axes]
     return Compose(transforms)
 
 
@@ -112,23 +112,22 @@ class CropStream(IterableDataset):
         batch_size: crops per batch.
         seed: stream seed (combined with the DataLoader worker id).
         foreground_fraction: share of foreground-centred crops.
-        augment: apply :func:`build_augmentation`.
-        flip_axes: mirrored axes (array order).
+        augment: apply :func:`build_augmentation` (mirroring along ``plan.mirror_axes``).
     """
 
     def __init__(self, cases: list[CachedCase], plan: Plan, batch_size: int, seed: int, foreground_fraction: float,
-                 augment: bool = True, flip_axes: Sequence[int] = (0, 1, 2)) -> None:
+                 augment: bool = True) -> None:
         super().__init__()
         if not cases:
             raise ValueError("a crop stream needs at least one case")
         self.cases, self.plan, self.batch_size, self.seed = cases, plan, batch_size, seed
-        self.foreground_fraction, self.augment, self.flip_axes = foreground_fraction, augment, tuple(flip_axes)
+        self.foreground_fraction, self.augment = foreground_fraction, augment
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, worker])
-        augmentation = build_augmentation(self.plan, self.flip_axes).set_random_state(seed=(self.seed * 7919 + worker) % 2**32)
+        augmentation = build_augmentation(self.plan).set_random_state(seed=(self.seed * 7919 + worker) % 2**32)
         while True:
             images, labels = [], []
             for index in rng.integers(0, len(self.cases), self.batch_size):

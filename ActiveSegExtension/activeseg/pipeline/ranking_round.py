@@ -58,8 +58,8 @@ class RankResult:
 def _predictor(store: Datastore, version: int) -> Predictor:
     """The predictor of model ``version`` with the store's device and inference settings."""
     settings = store.config.training
-    flips = settings.flip_axes if settings.tta_flips else ()
-    return Predictor.from_checkpoint(store.model(version).weights_path, select_device(settings.device), settings.amp, flips)
+    return Predictor.from_checkpoint(store.model(version).weights_path, select_device(settings.device), settings.amp,
+                                     settings.tta_flips)
 
 
 def _voxel_ratio(planned: Geometry, source: Geometry) -> float:

@@ -47,7 +47,9 @@ from activeseg.method.metrics import dice_per_class, summarise_dice
 from activeseg.model.case_cache import CachedCase, CaseCache, source_key
 from activeseg.model.loss import DeepSupervisionLoss, balanced_class_weights
 from activeseg.model.network import DeepSupervisedUNet3D, build_network
-from activeseg.model.plan import CaseStatistics, Plan, fingerprint_of, make_plan, override_plan, target_spacing_of
+from activeseg.model.plan import (
+    CaseStatistics, Plan, fingerprint_of, make_plan, mirror_axes_for, override_plan, target_spacing_of,
+)
 from activeseg.model.predictor import Predictor, load_checkpoint, predict_heads, save_checkpoint, select_device
 from activeseg.model.preprocessing import normalise, pad_value
 from activeseg.model.sampling import CropStream
@@ -173,8 +175,9 @@ def plan_round(store: Datastore, data: TrainingData, spacing: tuple[float, float
         ))
     fingerprint = fingerprint_of(statistics, "ct" if config.intensity.mode == "ct" else "mri")
     budget = config.training.max_patch_voxels or (128**3 if device.type == "cuda" else 64**3)
+    mirror = mirror_axes_for(len(config.labels), config.training.mirroring, config.training.flip_axes)
     plan = make_plan(fingerprint, max_patch_voxels=budget, base_channels=config.network.base_channels,
-                     max_channels=config.network.max_channels, batch_size=config.training.batch_size)
+                     max_channels=config.network.max_channels, batch_size=config.training.batch_size, mirror_axes=mirror)
     plan.target_spacing = spacing
     plan = override_plan(plan, patch_size=config.training.patch_size, channels=config.network.channels)
     atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(
@@ -246,7 +249,7 @@ def _optimiser(model: torch.nn.Module, config: Config, steps: int) -> tuple[torc
 
 def _stream(cases: list[CachedCase], plan: Plan, batch: int, seed: int, config: Config) -> DataLoader:
     settings = config.training
-    stream = CropStream(cases, plan, batch, seed, settings.foreground_crop_fraction, settings.augment, settings.flip_axes)
+    stream = CropStream(cases, plan, batch, seed, settings.foreground_crop_fraction, settings.augment)
     workers = settings.loader_workers
     return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                       prefetch_factor=4 if workers else None)
@@ -445,9 +448,8 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> R
         compare_started = time.perf_counter()
         _notify(progress, {"phase": "compare_parent", "step": 0, "steps": 2})
         validation_ids = [c.case_id for c in data.validation]
-        flips = settings.flip_axes if settings.tta_flips else ()
-        parent_predictor = Predictor.from_checkpoint(store.model(parent).weights_path, device, settings.amp, flips)
-        new_dice = source_grid_dice(Predictor(model, plan, device, settings.amp, flips), store, validation_ids)
+        parent_predictor = Predictor.from_checkpoint(store.model(parent).weights_path, device, settings.amp, settings.tta_flips)
+        new_dice = source_grid_dice(Predictor(model, plan, device, settings.amp, settings.tta_flips), store, validation_ids)
         _notify(progress, {"phase": "compare_parent", "step": 1, "steps": 2})
         parent_dice = source_grid_dice(parent_predictor, store, validation_ids)
         _notify(progress, {"phase": "compare_parent", "step": 2, "steps": 2})
