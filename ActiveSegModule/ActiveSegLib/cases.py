@@ -18,7 +18,7 @@ conversion happens in the storage nodes (:mod:`ActiveSegLib.mrml`), never here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,13 +280,14 @@ class CasesSection:
         if download.start is not None:
             try:
                 segmentation = mrml.segmentation_node_from_bytes(ctx, download.start.data, f"{case_id} label", volume)
-                self._complete_segments(segmentation, labels)
+                self._complete_segments(segmentation, labels, self.session.label_colours)
             except MrmlBridgeError as exc:  # a bad starting point must not block labelling
                 logger.warning("starting segmentation of %s unusable (%s); starting empty", case_id, exc)
                 segmentation = None
         if segmentation is None:
             empty = np.zeros(mrml.grid_shape_kji(volume), dtype=np.uint8)
-            segmentation = mrml.segmentation_from_labelmap_array(ctx, empty, volume, labels, f"{case_id} label")
+            segmentation = mrml.segmentation_from_labelmap_array(ctx, empty, volume, labels, f"{case_id} label",
+                                                                 colors=self.session.label_colours)
         segmentation.SetAttribute(mrml.ROLE_ATTRIBUTE, "label")
         segmentation.SetAttribute(mrml.CASE_ATTRIBUTE, case_id)
         self.current = LoadedCase(case_id, download.annotator, volume, segmentation,
@@ -300,12 +301,13 @@ class CasesSection:
         return self.current
 
     @staticmethod
-    def _complete_segments(segmentation_node: Any, labels: Mapping[int, str]) -> None:
+    def _complete_segments(segmentation_node: Any, labels: Mapping[int, str],
+                           colours: Mapping[int, Sequence[float]] | None = None) -> None:
         """Add an empty segment for every class the starting segmentation lacks (the editor lists all classes)."""
         present = {info["name"].strip().lower() for info in mrml.segments_info(segmentation_node)}
         for index, value in enumerate(sorted(labels)):
             if labels[value].strip().lower() not in present:
-                color = mrml.DEFAULT_SEGMENT_COLORS[index % len(mrml.DEFAULT_SEGMENT_COLORS)]
+                color = (colours or {}).get(value) or mrml.DEFAULT_SEGMENT_COLORS[index % len(mrml.DEFAULT_SEGMENT_COLORS)]
                 segmentation_node.GetSegmentation().AddEmptySegment("", labels[value], list(color))
 
     def fill_segmentation(self, segmentation_node: Any, volume_node: Any, array_kji: np.ndarray) -> None:

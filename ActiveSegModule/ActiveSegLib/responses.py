@@ -66,6 +66,8 @@ class Info:
     Attributes:
         version: the backend's version. device: where jobs run (``cpu``, ``cuda:0 (...)``).
         labels: class value -> name, background (0) excluded.
+        label_colours: class value -> RGB in [0, 1] where the datastore sets one (else the module's palette).
+        label_codes: class value -> coded concept ``scheme^value^meaning`` (e.g. ``SCT^10200004^Liver``) where known.
         active_model: active model version, or ``None`` before the first training round.
         counts: cases per state, plus ``total`` and ``val``.
         running_job: id of the running job, or ``None``.
@@ -82,6 +84,8 @@ class Info:
     max_upload_bytes: int = 0
     name: str = "activeseg"
     api_version: str = "v1"
+    label_colours: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    label_codes: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Any) -> Info:
@@ -93,8 +97,15 @@ class Info:
             labels = {int(k): str(v) for k, v in (raw or {}).items() if int(k) != 0}
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"backend's info has label values that are not integers: {raw!r}") from exc
+        try:
+            colours = {int(k): (float(v[0]), float(v[1]), float(v[2]))
+                       for k, v in dict(data.get("label_colours") or {}).items()}
+            codes = {int(k): str(v) for k, v in dict(data.get("label_codes") or {}).items()}
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ProtocolError(f"backend's info has malformed label colours or codes: {exc}") from exc
         return _fields(cls, data, "info", labels=labels, counts={str(k): int(v) for k, v in
-                                                                   dict(data.get("counts") or {}).items()})
+                                                                   dict(data.get("counts") or {}).items()},
+                       label_colours=colours, label_codes=codes)
 
 
 @dataclass(frozen=True)

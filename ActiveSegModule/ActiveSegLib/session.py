@@ -48,6 +48,8 @@ class BackendSession:
         self._spawning: BackendLauncher | None = None
         self.info: Info | None = None
         self.labels: dict[int, str] = {}
+        #: class value -> RGB in [0, 1] chosen in the datastore (``activeseg init --set label_colours.N=...``).
+        self.label_colours: dict[int, tuple[float, float, float]] = {}
 
     @property
     def context(self) -> mrml.MrmlContext:
@@ -103,6 +105,7 @@ class BackendSession:
     def _set_info(self, info: Info) -> None:
         self.info = info
         self.labels = dict(info.labels)
+        self.label_colours = dict(info.label_colours)
 
     def refresh_info(self) -> Info:
         """Re-read ``/v1/info`` (counts, active model, running job). Network; worker thread."""

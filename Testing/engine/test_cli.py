@@ -66,6 +66,44 @@ def test_a_round_that_loses_to_its_parent_registers_nothing_and_says_so(phantom_
     assert [m.version for m in store.models()] == [1] and store.active_version() == 1
 
 
+def test_init_with_the_radiologists_labels_and_settings(phantom_source: Path, tmp_path: Path) -> None:
+    """Issue 14 item 3: labels (names, values, colours, codes), val_fraction and lease_seconds set at init;
+    every setting listed by 'activeseg config --help'; label values frozen once labels exist."""
+    from activeseg.config import Config
+
+    store_root = tmp_path / "store"
+    created = activeseg("init", str(store_root), "--from", str(phantom_source / "imagesTr"),
+                        "--set", "labels=liver,tumour", "--set", "labels.3=vessel", "--set", "label_colours.2=#ff0000",
+                        "--set", "label_codes.3=SCT^59820001^Blood vessel", "--set", "val_fraction=0.3",
+                        "--set", "lease_seconds=600")
+    assert created.returncode == 0, created.stderr
+    config = json.loads(activeseg("config", "--data", str(store_root)).stdout)
+    assert config["labels"] == {"1": "liver", "2": "tumour", "3": "vessel"}
+    assert config["label_colours"] == {"2": [1.0, 0.0, 0.0]} and config["val_fraction"] == 0.3
+    assert config["lease_seconds"] == 600.0
+    store = Datastore(store_root)
+    assert store.counts()["val"] == 3  # 30 % of 10
+    assert store.config.code(1) == "SCT^10200004^Liver" and store.config.code(3) == "SCT^59820001^Blood vessel"
+    # every setting, with its meaning
+    helped = activeseg("config", "--help").stdout
+    names = ["labels", "label_colours", "label_codes", "val_fraction", "lease_seconds"] + [
+        f"{section}.{name}" for section, values in Config().to_dict().items() if isinstance(values, dict)
+        and section not in ("labels", "label_colours", "label_codes") for name in values]
+    for name in names:
+        assert re.search(rf"^  {re.escape(name)} = .*\n      \S", helped, re.MULTILINE), name
+    # renaming is fine; new values once a label exists are refused, and nothing is changed
+    assert activeseg("config", "--data", str(store_root), "--set", "labels.2=lesion").returncode == 0
+    label = phantom_source / "labelsTr" / f"{store.cases()[0].case_id}.nii.gz"
+    from activeseg.io.volumes import read_volume
+    import numpy as np
+    store.submit_label(store.cases()[0].case_id, read_volume(label, dtype=np.uint8))
+    refused = activeseg("config", "--data", str(store_root), "--set", "labels=lung,lesion")
+    assert refused.returncode == 2 and "cannot change once cases are labelled" in refused.stderr
+    assert Datastore(store_root).config.labels == {1: "liver", 2: "lesion", 3: "vessel"}
+    bad = activeseg("init", str(tmp_path / "s2"), "--from", str(phantom_source), "--set", "lease_seconds=0")
+    assert bad.returncode == 2 and "lease_seconds must be > 0" in bad.stderr
+
+
 def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     missing = activeseg("status", "--data", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "not an ActiveSeg datastore" in missing.stderr

@@ -29,6 +29,8 @@ def info(context: ServerContext = Depends(get_context)) -> InfoOut:
         version=__version__,
         device=context.device(),
         labels={str(k): v for k, v in sorted(store.config.labels.items())},
+        label_colours={str(k): list(c) for k in sorted(store.config.labels) if (c := store.config.colour(k))},
+        label_codes={str(k): c for k in sorted(store.config.labels) if (c := store.config.code(k))},
         active_model=store.active_version(),
         counts=store.counts(),
         running_job=running.job_id if running else None,

@@ -64,6 +64,10 @@ class InfoOut(BaseModel):
     api_version: str = "v1"
     device: str = Field(description="where jobs run: 'cpu' or 'cuda:0 (<GPU name>)'")
     labels: dict[str, str] = Field(description="label value (as a string) -> class name; 0 is background")
+    label_colours: dict[str, list[float]] = Field(
+        default_factory=dict, description="label value -> RGB in [0, 1], where the datastore sets one")
+    label_codes: dict[str, str] = Field(
+        default_factory=dict, description="label value -> coded concept 'scheme^value^meaning' (e.g. SNOMED CT), where known")
     active_model: int | None
     counts: dict[str, int] = Field(description="cases per state, plus 'total' and 'val'")
     running_job: str | None = Field(description="id of the running job, if any")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from activeseg import __version__
-from activeseg.config import apply_overrides
+from activeseg.config import apply_overrides, describe_settings
 from activeseg.cli.console import ProgressBar, format_table
 from activeseg.store.datastore import Datastore
 from activeseg.store.cases import CaseState
@@ -53,9 +53,18 @@ def init_command(args: argparse.Namespace) -> int:
 
 def config_command(args: argparse.Namespace) -> int:
     """Show the datastore's settings, or change them with --set."""
+    from activeseg.errors import ConfigError
+
     store = Datastore(args.data)
     if args.set:
+        before = dict(store.config.labels)
         config = apply_overrides(store.config, args.set)
+        if set(config.labels) != set(before) and (store.models() or any(
+                r.label_path is not None or r.pseudo_path is not None for r in store.cases())):
+            raise ConfigError(
+                f"the label values cannot change once cases are labelled or a model is trained ({sorted(before)} -> "
+                f"{sorted(config.labels)}): the stored labels and models use them; rename with labels.N=NAME, or "
+                "start a new datastore")
         config.save(store.meta_dir / "config.json")
         logger.info("updated %d setting(s)", len(args.set))
     sys.stdout.write(json.dumps(store.config.to_dict() if not args.set else config.to_dict(), indent=2) + "\n")
@@ -189,11 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --dicomweb: bearer token; default $ACTIVESEG_DICOMWEB_TOKEN (never stored)")
     sub.add_argument("--with-labels", action="store_true", help="import the dataset's labels as expert labels")
     sub.add_argument("--seed", type=int, default=0, help="seed of the fixed validation split")
-    sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE", help="override a setting (repeatable)")
+    sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                     help="a setting (repeatable), e.g. --set labels=liver,tumour --set val_fraction=0.25; "
+                          "'activeseg config --help' lists them all")
     sub.set_defaults(func=init_command)
 
-    sub = with_data(commands.add_parser("config", help="show or change settings, e.g. --set alnt.lambda=0.5"))
-    sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
+    sub = with_data(commands.add_parser(
+        "config", help="show or change settings, e.g. --set alnt.lambda=0.5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Show the datastore's settings (JSON), or change them with --set NAME=VALUE.",
+        epilog="settings (name = default  [accepted values], then what it does):\n" + describe_settings()))
+    sub.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="change a setting (repeatable), e.g. training.epochs_per_round=5, labels.2=tumour")
     sub.set_defaults(func=config_command)
 
     for name, func, text in (("train", train_command, "run one training round"), ("rank", rank_command, "rank the pool and write pseudo-labels")):
