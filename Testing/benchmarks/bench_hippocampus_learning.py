@@ -58,9 +58,9 @@ def _subset(folder: Path, source: dict, entries: list[dict]) -> Path:
 
 def _log_validation(event: dict) -> None:
     """Progress: one log line per validation point (a round's epochs)."""
-    if event.get("phase") == "validate":
+    if event.get("phase") == "validate" and "val_dice" in event:  # a finished pass (not the "running" notice)
         logger.info("epoch %d/%d: loss %.3f, validation Dice %s, %.0f s", event["epoch"], event["epochs"],
-                    event["loss"], event.get("val_dice"), event["elapsed_s"])
+                    event.get("loss", float("nan")), event["val_dice"], event.get("elapsed_s", 0.0))
 
 
 def run_one(seed: int, budget: str, n_test: int, n_val: int, overrides: list[str], work: Path) -> dict:
