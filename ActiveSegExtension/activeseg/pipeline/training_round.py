@@ -436,7 +436,7 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> R
                        "epochs": planned_epochs, "steps_per_epoch": steps_per_epoch})
     logger.info(
         "round %d: %d expert, %d pseudo, %d validation cases; %d steps (%s) on %s; patch %s at %s mm",
-        round_index, len(data.experts), len(data.pseudo), len(data.validation), steps,
+        round_index, len(data.experts), len(data.pseudo), len(data.validation), planned_epochs * steps_per_epoch,
         "warm start" if warm else "from scratch", device, plan.patch_size, plan.target_spacing,
     )
     metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=settings.seed + round_index)
