@@ -177,3 +177,28 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     result = activeseg("demo", "--out", str(keep), "--quiet")
     assert result.returncode == 2 and "not an earlier demo output" in result.stderr
     assert (keep / "thesis.txt").read_text() == "do not delete"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"]])
+def test_version_and_help_import_no_torch_or_monai(argv: list[str]) -> None:
+    """Issue 14 item 9: building the parser imported torch and MONAI (6 s, 418 MB for ``--version``)."""
+    probe = (
+        "import sys\nfrom activeseg.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'monai', 'SimpleITK', 'matplotlib') if m in sys.modules)\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "HEAVY=" in result.stderr, result.stderr
+    assert result.stderr.rsplit("HEAVY=", 1)[1].strip() == ""
+    assert ("activeseg 0.1.0" in result.stdout) if argv == ["--version"] else ("simulate" in result.stdout)
+
+
+def test_simulate_strategy_choices_are_checked_and_listed() -> None:
+    """The lazily read --strategy choices still refuse an unknown name and are listed by ``simulate --help``."""
+    from activeseg.experiments.strategies import STRATEGIES
+
+    refused = activeseg("simulate", "--dataset", "x", "--strategy", "bogus", "--out", "y.json")
+    assert refused.returncode == 2 and "invalid choice: 'bogus'" in refused.stderr
+    listed = activeseg("simulate", "--help").stdout
+    assert all(name in listed for name in STRATEGIES)

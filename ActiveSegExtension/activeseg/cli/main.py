@@ -13,21 +13,32 @@ import os
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from activeseg import __version__
 from activeseg.config import apply_overrides, describe_settings
 from activeseg.cli.console import ProgressBar, format_table
-from activeseg.store.datastore import Datastore
-from activeseg.store.cases import CaseState
 from activeseg.errors import ActiveSegError
+
+if TYPE_CHECKING:
+    from activeseg.store.datastore import Datastore
 
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("activeseg")
 
 
+def _open_store(path: Path) -> Datastore:
+    """Open a datastore; imported here so that building the parser (``--version``, ``--help``) stays light."""
+    from activeseg.store.datastore import Datastore
+
+    return Datastore(path)
+
+
 def init_command(args: argparse.Namespace) -> int:
     """Create a datastore from a folder of volumes, a dataset.json, DICOM files or a DICOMweb server."""
     from activeseg.errors import DatastoreError
+    from activeseg.store.cases import CaseState
     from activeseg.store.initialise import init_datastore
 
     if args.dicomweb:
@@ -55,7 +66,7 @@ def config_command(args: argparse.Namespace) -> int:
     """Show the datastore's settings, or change them with --set."""
     from activeseg.errors import ConfigError
 
-    store = Datastore(args.data)
+    store = _open_store(args.data)
     if args.set:
         before = dict(store.config.labels)
         config = apply_overrides(store.config, args.set)
@@ -75,7 +86,7 @@ def train_command(args: argparse.Namespace) -> int:
     """One training round from the active model."""
     from activeseg.pipeline.training_round import train_round
 
-    store = Datastore(args.data)
+    store = _open_store(args.data)
     bar = ProgressBar("training", enabled=not args.quiet)
     try:
         outcome = train_round(store, progress=bar)
@@ -100,7 +111,7 @@ def rank_command(args: argparse.Namespace) -> int:
     """Score the pool with the active model, queue the most uncertain, write pseudo-labels."""
     from activeseg.pipeline.ranking_round import rank_round
 
-    store = Datastore(args.data)
+    store = _open_store(args.data)
     bar = ProgressBar("ranking", enabled=not args.quiet)
     try:
         result = rank_round(store, progress=bar, write_pseudo=not args.no_pseudo)
@@ -112,7 +123,7 @@ def rank_command(args: argparse.Namespace) -> int:
 
 def queue_command(args: argparse.Namespace) -> int:
     """Print the strong queue, most uncertain first."""
-    store = Datastore(args.data)
+    store = _open_store(args.data)
     rows = [
         [record.case_id, score.mdsc if score else None, score.confidence if score else None,
          score.route if score else ("validation" if record.split == "val" else "-"), record.lease_holder]
@@ -124,7 +135,7 @@ def queue_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     """Print case counts and model versions."""
-    store = Datastore(args.data)
+    store = _open_store(args.data)
     counts = store.counts()
     sys.stdout.write(format_table(["state", "cases"], [[s, n] for s, n in counts.items()]) + "\n\n")
     active = store.active_version()
@@ -145,7 +156,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 def activate_command(args: argparse.Namespace) -> int:
     """Make an earlier model version active (rollback)."""
-    Datastore(args.data).activate(args.version)
+    _open_store(args.data).activate(args.version)
     logger.info("model v%d is active", args.version)
     return 0
 

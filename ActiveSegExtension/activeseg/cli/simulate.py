@@ -17,8 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from activeseg.cli.console import format_table
 
 __all__ = ["add_simulation_commands", "simulate_command", "plot_command", "summarise_curves"]
@@ -69,6 +67,8 @@ def summarise_curves(runs: list[dict[str, Any]], metric: str = "mean") -> dict[s
         label -> [(labelled count, mean Dice, sd over seeds (population, 0 for one seed), seeds)]
         sorted by count. ``full`` curves keep only their last round (the trained-to-budget ceiling).
     """
+    import numpy as np
+
     grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         label = run["metadata"]["label"]
@@ -110,13 +110,32 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_simulation_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register the simulation subcommands on the ``activeseg`` parser."""
-    from activeseg.experiments.strategies import STRATEGIES
+class _StrategyNames:
+    """The ``--strategy`` choices, read from :data:`activeseg.experiments.strategies.STRATEGIES` only when used.
 
+    argparse asks a choices container only when it checks a value (``in``) or formats ``simulate --help``
+    (iteration), so building the parser (``activeseg --version``, ``activeseg --help``) does not import torch.
+    """
+
+    @staticmethod
+    def _names() -> list[str]:
+        from activeseg.experiments.strategies import STRATEGIES
+
+        return sorted(STRATEGIES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._names())
+
+
+def add_simulation_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the simulation subcommands on the ``activeseg`` parser (imports nothing heavy)."""
     sub = commands.add_parser("simulate", help="label-efficiency experiment with the ground truth as the radiologist")
     sub.add_argument("--dataset", type=Path, required=True, help="MSD-style folder with dataset.json (imagesTr/labelsTr)")
-    sub.add_argument("--strategy", choices=sorted(STRATEGIES), required=True)
+    sub.add_argument("--strategy", choices=_StrategyNames(), metavar="STRATEGY", required=True,
+                     help="one of: %(choices)s")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--rounds", type=int, default=5, help="query rounds after the initial training round")
     sub.add_argument("--per-round", type=int, default=4, help="K, cases labelled per round")
