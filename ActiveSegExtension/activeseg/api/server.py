@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from activeseg import __version__
 from activeseg.api import build_router
@@ -116,10 +119,11 @@ def create_app(
         description="Active-learning CT segmentation engine: cases, ranked queue with leases, labels, jobs, models.",
         lifespan=lifespan,
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        docs_url=None,  # served by _install_docs from the packaged Swagger UI, not from a CDN
         redoc_url=None,
     )
     app.state.context = context
+    _install_docs(app)
     install_error_handlers(app)
     app.include_router(build_router())
     app.openapi = lambda: _openapi(app, token_required=token is not None)  # type: ignore[method-assign]
@@ -133,6 +137,31 @@ def create_app(
     if token is not None:
         app.add_middleware(BearerTokenMiddleware, token=token)  # added last: outermost, checked first
     return app
+
+
+DOCS_URL = "/v1/docs"
+DOCS_ASSETS_URL = "/v1/docs-assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at ``/v1/docs`` with its JavaScript and CSS from the installed ``swagger-ui-bundle``.
+
+    FastAPI's default page loads them from a CDN and is blank on an offline hospital network; here every file the
+    page needs comes from this server (``/v1/docs-assets/...``).
+    """
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/v1/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon-32x32.png",
+        )
 
 
 def _openapi(app: FastAPI, token_required: bool) -> dict[str, Any]:
