@@ -105,6 +105,26 @@ def run_one(seed: int, budget: str, n_test: int, n_val: int, overrides: list[str
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def summarise(path: Path, tag: str) -> str:
+    """A Markdown table of the results file: per budget, test Dice mean and sd over seeds, per class, the lowest
+    class Dice of any run (collapse check), training time and peak memory."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [r for r in rows if r["tag"] == tag]
+    budgets = sorted({r["budget"] for r in rows}, key=lambda b: (b == "full", int(b) if b != "full" else 0))
+    lines = ["| labelled (train) | seeds | test Dice mean ± sd | anterior | posterior | lowest class Dice of a run | "
+             "steps | train s (mean) | peak RSS MiB (max) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for budget in budgets:
+        group = [r for r in rows if r["budget"] == budget]
+        mean = np.array([r["test_dice_mean"] for r in group])
+        lines.append(
+            f"| {budget} ({group[0]['n_train']}) | {len(group)} | {mean.mean():.3f} ± {mean.std(ddof=1) if len(group) > 1 else 0:.3f} | "
+            f"{np.mean([r['test_dice_anterior'] for r in group]):.3f} | {np.mean([r['test_dice_posterior'] for r in group]):.3f} | "
+            f"{min(r['min_class_dice'] for r in group):.3f} | {group[0]['steps']} | "
+            f"{np.mean([r['train_seconds'] for r in group]):.0f} | {max(r['peak_rss_mib'] for r in group):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -115,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.name=value")
     parser.add_argument("--tag", default="default", help="name of this configuration in the results file")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--summarise", action="store_true", help="print the results table of --tag and exit")
     args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise(args.out, args.tag))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not (DATA / "dataset.json").exists():
         print(f"skipped: {DATA} is absent (the hippocampus set lives in ../shared/data beside the project)")
