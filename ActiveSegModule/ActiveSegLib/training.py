@@ -21,12 +21,13 @@ from .errors import BackendRequestError, BackendUnavailableError, ClientError
 from .responses import CurvePoint, Job
 from .session import BackendSession
 
-__all__ = ["JobWatch", "TrainingSection", "PLOT_TABLE", "PLOT_CHART"]
+__all__ = ["JobWatch", "TrainingSection", "PLOT_TABLE", "PLOT_CHART", "PLOT_LOSS_CHART"]
 
 logger = logging.getLogger(__name__)
 
 PLOT_TABLE = "ActiveSeg learning curve table"
-PLOT_CHART = "ActiveSeg learning curve"
+PLOT_CHART = "ActiveSeg learning curve"  # validation Dice, fixed 0-1 axis
+PLOT_LOSS_CHART = "ActiveSeg training loss"  # final training loss, its own axis (a loss of ~2 flattened Dice on one axis)
 
 
 class JobWatch:
@@ -135,15 +136,17 @@ class TrainingSection:
         return self.session.client.learning_curve()
 
     def update_learning_curve_plot(self, points: list[CurvePoint]) -> Any:
-        """Show the learning curve as a Slicer plot: a table node, two series, one chart. MRML; main thread.
+        """Show the learning curve as Slicer plots: a table node and two charts, Dice and loss on separate axes.
 
-        The nodes are created once and reused (found by name), so repeated updates do not pile up.
+        The Dice chart (:data:`PLOT_CHART`) has a fixed 0-1 axis; the loss (:data:`PLOT_LOSS_CHART`, unitless,
+        around 1-2 early on) has its own automatic axis; the plot view's chart selector switches between them.
+        The nodes are created once and reused (found by name), so repeated updates do not pile up. MRML; main thread.
 
         Args:
             points: from :meth:`learning_curve`. Missing values are plotted as gaps (NaN).
 
         Returns:
-            the ``vtkMRMLPlotChartNode`` (show it with the Plots module's ``ShowChartInLayout``).
+            the Dice ``vtkMRMLPlotChartNode`` (show it with the Plots module's ``ShowChartInLayout``).
         """
         table = self._named_node("vtkMRMLTableNode", PLOT_TABLE)
         columns = {
@@ -161,11 +164,17 @@ class TrainingSection:
             vtk_table.AddColumn(array)
         table.SetAndObserveTable(vtk_table)
         table.Modified()
-        chart = self._named_node("vtkMRMLPlotChartNode", PLOT_CHART)
-        chart.SetTitle("ActiveSeg learning curve")
-        chart.SetXAxisTitle("model version")
-        chart.SetYAxisTitle("Dice / loss")
-        for y_column, color in (("validation Dice", (0.2, 0.6, 0.2)), ("final loss", (0.8, 0.3, 0.2))):
+        charts = []
+        for chart_name, y_column, y_title, color in (
+                (PLOT_CHART, "validation Dice", "validation Dice (mean over classes)", (0.2, 0.6, 0.2)),
+                (PLOT_LOSS_CHART, "final loss", "final training loss", (0.8, 0.3, 0.2))):
+            chart = self._named_node("vtkMRMLPlotChartNode", chart_name)
+            chart.SetTitle(chart_name)
+            chart.SetXAxisTitle("model version")
+            chart.SetYAxisTitle(y_title)
+            if chart_name == PLOT_CHART:
+                chart.SetYAxisRangeAuto(False)
+                chart.SetYAxisRange(0.0, 1.0)
             series = self._named_node("vtkMRMLPlotSeriesNode", f"ActiveSeg {y_column}")
             series.SetAndObserveTableNodeID(table.GetID())
             series.SetXColumnName("version")
@@ -175,8 +184,9 @@ class TrainingSection:
             series.SetColor(*color)
             if not chart.HasPlotSeriesNodeID(series.GetID()):
                 chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        logger.debug("learning curve plot updated with %d points", len(points))
-        return chart
+            charts.append(chart)
+        logger.debug("learning curve plots updated with %d points", len(points))
+        return charts[0]
 
     def _named_node(self, class_name: str, name: str) -> Any:
         scene = self.session.context.scene

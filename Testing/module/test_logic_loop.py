@@ -196,11 +196,11 @@ def test_the_logic_runs_the_active_learning_loop(logic: tuple[Any, Path], ctx: A
     if rows[0].case.split == "val":  # the queue serves unlabelled validation cases first: now Dice can be measured
         assert curve[0].val_dice is None and curve[1].val_dice is not None and 0.0 <= curve[1].val_dice <= 1.0
     chart = core.training.update_learning_curve_plot(curve)
-    assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() == 2
+    assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() == 1
     table = chart.GetNthPlotSeriesNode(0).GetTableNode()
     assert table.GetNumberOfRows() == 2 and table.GetTable().GetColumnByName("version").GetValue(1) == 2.0
     assert core.training.update_learning_curve_plot(curve) is chart  # reused, not duplicated
-    assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 2  # Dice, loss
 
     # --- review: a pseudo-label overlaid on its volume, accepted
     pending = core.review.pending()

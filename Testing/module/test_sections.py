@@ -305,3 +305,22 @@ def test_leaving_the_module_deactivates_the_segment_editor() -> None:
     methods = {n.name: ast.unparse(n) for n in widget.body if isinstance(n, ast.FunctionDef)}
     assert "leave_editor(self.ui.segmentEditorWidget)" in methods["exit"]
     assert "enter_editor(self.ui.segmentEditorWidget)" in methods["enter"]
+
+
+def test_learning_curve_puts_dice_and_loss_on_separate_axes(core: Any, ctx: Any) -> None:
+    """Issue 14 item 9: Dice (0-1) and a loss of ~2 shared one axis, which flattened the Dice curve."""
+    from ActiveSegLib.responses import CurvePoint
+    from ActiveSegLib.training import PLOT_LOSS_CHART
+
+    points = [CurvePoint(version=v, active=v == 2, round=v, n_expert=2 * v, n_pseudo=0, val_dice=d, final_loss=loss)
+              for v, d, loss in ((1, 0.31, 2.2), (2, 0.55, 1.7))]
+    dice_chart = core.training.update_learning_curve_plot(points)
+    charts = {ctx.scene.GetNthNodeByClass(i, "vtkMRMLPlotChartNode").GetName(): ctx.scene.GetNthNodeByClass(i, "vtkMRMLPlotChartNode")
+              for i in range(ctx.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode"))}
+    assert set(charts) == {dice_chart.GetName(), PLOT_LOSS_CHART}
+    columns = {name: [chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(chart.GetNumberOfPlotSeriesNodes())]
+               for name, chart in charts.items()}
+    assert columns == {dice_chart.GetName(): ["validation Dice"], PLOT_LOSS_CHART: ["final loss"]}
+    assert not dice_chart.GetYAxisRangeAuto() and tuple(dice_chart.GetYAxisRange()) == (0.0, 1.0)
+    core.training.update_learning_curve_plot(points)
+    assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 2  # reused, not duplicated

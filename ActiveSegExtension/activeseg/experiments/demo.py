@@ -163,6 +163,7 @@ def run_demo(
             "expert": model.metrics["n_expert"],
             "pseudo_trained": model.metrics["n_pseudo"],
             "val_dice": dice.get("mean"),
+            "final_loss": (model.model.metrics.get("loss_history") or [None])[-1],
             **{f"dice_{name}": dice.get(name) for name in store.config.labels.values()},
             "alnt_mean_weight": model.metrics["alnt"].get("mean_weight"),
             "queued": list(ranking.strong),
@@ -192,6 +193,7 @@ def run_demo(
         {"DSAL + ALNT (demo)": [(r["expert"], r["val_dice"] or 0.0, 0.0) for r in summary_rows]},
         out / "learning_curve.png",
         "ActiveSeg demo on synthetic phantoms (validation Dice)",
+        losses={"final training loss": [(r["expert"], r["final_loss"]) for r in summary_rows if r["final_loss"] is not None]},
     )
     seconds = time.perf_counter() - started
     logger.info("\nSummary\n%s", format_table(
