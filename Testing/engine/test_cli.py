@@ -202,3 +202,31 @@ def test_simulate_strategy_choices_are_checked_and_listed() -> None:
     assert refused.returncode == 2 and "invalid choice: 'bogus'" in refused.stderr
     listed = activeseg("simulate", "--help").stdout
     assert all(name in listed for name in STRATEGIES)
+
+
+def test_init_reports_each_problem_once_and_counts_them(phantom_source: Path, tmp_path: Path) -> None:
+    """Issue 14 item 9: every label problem was printed twice (by the importer and by the CLI)."""
+    source = tmp_path / "source"
+    shutil.copytree(phantom_source, source)
+    (source / "labelsTr" / "phantom_001.nii.gz").write_bytes(b"not a label")
+    (source / "imagesTr" / "phantom_002.nii.gz").write_bytes(b"not an image")
+    result = activeseg("init", str(tmp_path / "store"), "--from", str(source), "--with-labels")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    for name in ("phantom_001.nii.gz", "phantom_002.nii.gz"):
+        assert sum(name in line for line in lines) == 1, result.stderr
+    assert result.stderr.count("Created ") == 1 and "2 problem(s) listed above" in result.stderr
+
+
+def test_a_store_without_validation_split_gets_advice(phantom_source: Path, tmp_path: Path) -> None:
+    """Issue 14 item 9: a store too small for the validation split said nothing about it."""
+    source = tmp_path / "two"
+    source.mkdir()
+    for name in ("phantom_000.nii.gz", "phantom_001.nii.gz"):
+        shutil.copy(phantom_source / "imagesTr" / name, source / name)
+    result = activeseg("init", str(tmp_path / "store"), "--from", str(source))
+    assert result.returncode == 0, result.stderr
+    assert "0 in the fixed validation split" in result.stderr
+    assert "no validation split" in result.stderr and "--set val_fraction=0.50" in result.stderr
+    fixed = activeseg("init", str(tmp_path / "store2"), "--from", str(source), "--set", "val_fraction=0.50")
+    assert "1 in the fixed validation split" in fixed.stderr and "no validation split" not in fixed.stderr

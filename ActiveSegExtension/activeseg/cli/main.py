@@ -39,6 +39,7 @@ def init_command(args: argparse.Namespace) -> int:
     """Create a datastore from a folder of volumes, a dataset.json, DICOM files or a DICOMweb server."""
     from activeseg.errors import DatastoreError
     from activeseg.store.cases import CaseState
+    from activeseg.store.importing import small_store_advice
     from activeseg.store.initialise import init_datastore
 
     if args.dicomweb:
@@ -56,10 +57,15 @@ def init_command(args: argparse.Namespace) -> int:
         logger.warning("%s", problem)
     counts = store.counts()
     logger.info(
-        "Created %s: %d case(s), %d in the fixed validation split, %d labelled, %d file(s) skipped.",
-        store.root, counts["total"], counts["val"], counts[CaseState.LABELED], len(problems),
+        "Created %s: %d case(s), %d in the fixed validation split, %d labelled%s.",
+        store.root, counts["total"], counts["val"], counts[CaseState.LABELED],
+        f"; {len(problems)} problem(s) listed above (those files were not imported)" if problems else "",
     )
+    advice = small_store_advice(counts["total"], counts["val"])
+    if advice:
+        logger.warning("%s", advice)
     return 0
+
 
 
 def config_command(args: argparse.Namespace) -> int:

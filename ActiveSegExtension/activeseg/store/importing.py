@@ -20,7 +20,7 @@ from activeseg.store.cases import CaseState
 from activeseg.store.database import SCHEMA_VERSION, SUBFOLDERS, Database, create_schema
 from activeseg.store.labels import LabelStore
 
-__all__ = ["import_images", "import_labels", "draw_validation_split"]
+__all__ = ["import_images", "import_labels", "draw_validation_split", "small_store_advice", "MIN_CASES_FOR_VALIDATION"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,26 @@ def _readable_images(images: list[tuple[str, Path]]) -> tuple[list[tuple[str, Pa
             read_volume(path)  # full decode: catches truncated data, not only bad headers
         except ActiveSegError as exc:  # unreadable, not 3D, bad or duplicate id
             problems.append(f"skipped {path.name}: {exc}")
-            logger.warning("skipped %s: %s", path, exc)
+            logger.debug("skipped %s: %s", path, exc)  # returned to the caller, which reports it once
             continue
         seen.add(case_id)
         accepted.append((case_id, path))
     return accepted, problems
+
+
+# Under this many cases a val_fraction that rounds to no case gets none (every case is needed for training).
+MIN_CASES_FOR_VALIDATION = 5
+
+
+def small_store_advice(total: int, val: int) -> str | None:
+    """Advice for a datastore that got no validation split, or ``None`` when it has one."""
+    if val > 0:
+        return None
+    return (
+        f"note: no validation split ({total} case(s); with fewer than {MIN_CASES_FOR_VALIDATION} cases the split is "
+        "only made when val_fraction names at least one case). Without it a round cannot check its new weights "
+        "against the active model and the learning curve shows no validation Dice. Add cases and run init again"
+        + (f", or ask for one validation case with --set val_fraction={1 / total:.2f}." if total >= 2 else "."))
 
 
 def draw_validation_split(case_ids: list[str], val_fraction: float, seed: int) -> set[str]:
@@ -51,7 +66,7 @@ def draw_validation_split(case_ids: list[str], val_fraction: float, seed: int) -
     ``val_fraction > 0`` and there are 5 or more cases)."""
     ids = sorted(case_ids)
     n_val = int(round(val_fraction * len(ids)))
-    if val_fraction > 0 and n_val == 0 and len(ids) >= 5:
+    if val_fraction > 0 and n_val == 0 and len(ids) >= MIN_CASES_FOR_VALIDATION:
         n_val = 1
     return set(random.Random(seed).sample(ids, n_val))
 
@@ -119,5 +134,5 @@ def import_labels(labels: LabelStore, label_files: dict[str, Path], imported: se
             labels.submit_label(case_id, label, no_finding=not label.array.any(), annotator="import")
         except Exception as exc:  # noqa: BLE001 - any bad label is reported and skipped, the rest go on
             problems.append(f"label of {case_id} not imported: {exc}")
-            logger.warning("label of %s not imported: %s", case_id, exc)
+            logger.debug("label of %s not imported: %s", case_id, exc)  # returned to the caller, which reports it once
     return problems

@@ -48,8 +48,8 @@ def init_datastore(
     apply_overrides(config, overrides or [])
     datastore, problems = Datastore.create(store, found.images, config, found.labels if with_labels else None, seed=seed)
     counts = datastore.counts()
-    logger.info(
-        "datastore %s: %d case(s) (%d validation), %d labelled, %d skipped",
+    logger.debug(  # the caller (the CLI) prints the summary with the problems
+        "datastore %s: %d case(s) (%d validation), %d labelled, %d problem(s)",
         datastore.root, counts["total"], counts["val"], counts[CaseState.LABELED], len(problems),
     )
     return datastore, problems

@@ -213,6 +213,8 @@ class LabelStore:
                 (CaseState.REJECTED.value, time.time(), case_id),
             )
             old = row["pseudo_file"]
+            model = row["pseudo_model"]
         if old:
             (self.database.meta_dir / old).unlink(missing_ok=True)
+        logger.info("case %s: pseudo-label of model v%s rejected by %s", case_id, model, annotator or "(no annotator)")
         return self.cases.case(case_id)
