@@ -125,6 +125,22 @@ def summarise(path: Path, tag: str) -> str:
     return "\n".join(lines)
 
 
+# The configuration the recorded results used (RESULTS.md): an 8-channel base network and at most 1,200 steps,
+# sized so that 5 seeds fit a session on 2 CPU cores.
+RECORDED = ["network.base_channels=8", "training.max_steps=1200", "training.num_threads=1"]
+
+
+def run(quick: bool) -> str:
+    """For ``make bench``: the recorded configuration (5 seeds x 6, 10, all labelled; hours on 2 CPU cores), or with
+    ``quick`` one seed at 6 labelled volumes. Results go to ``bench_output/hippocampus.jsonl`` (resumable)."""
+    out = Path("bench_output") / "hippocampus.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    seeds, budgets = (["0"], ["6"]) if quick else (["0", "1", "2", "3", "4"], ["6", "10", "full"])
+    args = ["--seeds", *seeds, "--budgets", *budgets, "--tag", "bench", "--out", str(out)]
+    main(args + [a for item in RECORDED for a in ("--set", item)])
+    return summarise(out, "bench") if out.exists() else "skipped: no hippocampus data"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
