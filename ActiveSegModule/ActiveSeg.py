@@ -125,6 +125,8 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.serverUrlLineEdit.editingFinished.connect(self.onServerUrlChanged)
         self.ui.refreshQueueButton.clicked.connect(self.onRefreshQueue)
         self.ui.nextCaseButton.clicked.connect(self.onNextCase)
+        self.ui.skipCaseButton.clicked.connect(self.onSkipCase)
+        self.ui.queueTable.cellDoubleClicked.connect(self.onQueueDoubleClicked)
         self.ui.uncertaintyCheckBox.toggled.connect(self.onToggleUncertainty)
         self.ui.jumpToUncertainButton.clicked.connect(self.onJumpToUncertain)
         self.ui.submitButton.clicked.connect(self.onSubmit)
@@ -293,6 +295,27 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         previous = cases.current.case_id if cases.current is not None and cases.current.annotator else None
         self._run(cases.fetch_next_case, self._parameterNode.annotator, previous, onDone=self._onCaseFetched,
                   busy="Loading the next case...")
+
+    def onSkipCase(self) -> None:
+        cases = self.logic.cases
+        if cases.current is None or not cases.current.annotator:
+            slicer.util.infoDisplay("No leased case is shown: press Next first.", windowTitle="ActiveSeg")
+            return
+        if cases.has_unsaved_edits() and not self._confirmDiscard(f"Case {cases.current.case_id}"):
+            return
+        self._run(cases.fetch_after_skip, cases.current.case_id, self._parameterNode.annotator,
+                  onDone=self._onCaseFetched, busy=f"Skipping {cases.current.case_id}...")
+
+    def onQueueDoubleClicked(self, row: int, column: int) -> None:
+        item = self.ui.queueTable.item(row, 0)
+        if item is None:
+            return
+        cases = self.logic.cases
+        if cases.has_unsaved_edits() and not self._confirmDiscard(f"Case {cases.current.case_id}"):
+            return
+        previous = cases.current.case_id if cases.current is not None and cases.current.annotator else None
+        self._run(cases.fetch_chosen_case, item.text(), self._parameterNode.annotator, previous,
+                  onDone=self._onCaseFetched, busy=f"Loading {item.text()}...")
 
     def _onCaseFetched(self, download: Any) -> None:
         if download is None:

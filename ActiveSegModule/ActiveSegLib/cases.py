@@ -157,6 +157,13 @@ class LoadedCase:
                 mrml.remove_node(scene, node)
 
 
+def _annotator(name: str) -> str:
+    """The annotator's name, stripped. Raises ValueError when empty (a lease needs a name)."""
+    if not name or not name.strip():
+        raise ValueError("an annotator name is needed to lease a case")
+    return name.strip()
+
+
 class CasesSection:
     """The queue, the case being segmented, and its submission.
 
@@ -220,14 +227,48 @@ class CasesSection:
         Raises:
             ValueError: empty annotator name.
         """
-        if not annotator or not annotator.strip():
-            raise ValueError("an annotator name is needed to lease a case")
-        annotator = annotator.strip()
+        annotator = _annotator(annotator)
         if release:
             self.release_lease(release, annotator)
         case = self.session.client.lease_next(annotator)
         if case is None:
             return None
+        return self.fetch_case(case, annotator)
+
+    def fetch_after_skip(self, case_id: str, annotator: str) -> CaseDownload | None:
+        """Skip ``case_id`` (its lease goes back; the backend serves this annotator every other case before it
+        again) and lease and download the next one. Network; worker thread.
+
+        Returns:
+            the next case's download, or ``None`` when no other case is free.
+
+        Raises:
+            ValueError: empty annotator name. BackendRequestError: the skip was refused (someone else holds it).
+        """
+        annotator = _annotator(annotator)
+        self.session.client.skip(case_id, annotator)
+        logger.info("skipped %s", case_id)
+        case = self.session.client.lease_next(annotator)
+        return None if case is None else self.fetch_case(case, annotator)
+
+    def fetch_chosen_case(self, case_id: str, annotator: str, release: str | None = None) -> CaseDownload:
+        """Lease the case the user chose (a double-click in the queue table) and download it. Network; worker thread.
+
+        Args:
+            case_id: the chosen case.
+            annotator: the user's name.
+            release: the case shown until now; its lease is given back once the chosen case is leased (logged,
+                never raised), so a refused choice leaves the shown case leased. Nothing is released when it is the
+                chosen case itself (the lease is renewed).
+
+        Raises:
+            ValueError: empty annotator name. BackendRequestError: the backend refused the lease (409 ``leased``:
+                another annotator holds the case; or it is already labelled).
+        """
+        annotator = _annotator(annotator)
+        case = self.session.client.lease(case_id, annotator)
+        if release and release != case_id:
+            self.release_lease(release, annotator)
         return self.fetch_case(case, annotator)
 
     def release_lease(self, case_id: str, annotator: str) -> bool:
@@ -394,6 +435,26 @@ class CasesSection:
         if download is None:
             return None
         return self.build_case_nodes(download)
+
+    def skip_current(self) -> LoadedCase | None:
+        """Skip the case shown and load the next one (network + MRML; for scripts and tests).
+
+        Returns:
+            the loaded next case, or ``None`` when no other case is free (the skipped case stays shown).
+
+        Raises:
+            ClientError: no leased case is shown.
+        """
+        loaded = self.current
+        if loaded is None or not loaded.annotator:
+            raise ClientError("no leased case is shown: nothing to skip")
+        download = self.fetch_after_skip(loaded.case_id, loaded.annotator)
+        return None if download is None else self.build_case_nodes(download)
+
+    def load_case(self, case_id: str, annotator: str) -> LoadedCase:
+        """Lease and load a chosen case, releasing the lease of the one shown (network + MRML; scripts and tests)."""
+        previous = self.current.case_id if self.current is not None and self.current.annotator else None
+        return self.build_case_nodes(self.fetch_chosen_case(case_id, annotator, release=previous))
 
     def submit(self, no_finding: bool = False) -> Case:
         """Encode and submit the current case's segmentation (network + MRML; for scripts and tests).

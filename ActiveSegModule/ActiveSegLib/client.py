@@ -252,6 +252,11 @@ class ActiveSegClient:
         return Case.from_json(self._json("DELETE", f"/cases/{_quote(case_id)}/lease",
                                          params={"annotator": annotator}))
 
+    def skip(self, case_id: str, annotator: str) -> Case:
+        """``POST /v1/cases/{id}/skip``: give the lease back; ``lease_next`` serves ``annotator`` every other case
+        before this one again. 409 ``leased`` if someone else holds it."""
+        return Case.from_json(self._json("POST", f"/cases/{_quote(case_id)}/skip", params={"annotator": annotator}))
+
     # ------------------------------------------------------------------ files
 
     def download_image(self, case_id: str, timeout_s: float | None = None) -> Download:

@@ -40,3 +40,30 @@ def test_reject_is_logged(store_and_source: tuple[Datastore, Path], caplog: pyte
         store.reject_pseudo(case_id, "dr_a")
     assert any(case_id in r.getMessage() and "rejected by dr_a" in r.getMessage() and "v1" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+def test_skip_releases_and_is_not_served_straight_back(store_and_source: tuple[Datastore, Path]) -> None:
+    """Issue 14 item 5: before the first model Next served the same case again after walking away."""
+    from activeseg.errors import LeaseError
+
+    store, source = store_and_source
+    first = store.lease_next("dr_a")
+    assert first is not None
+    skipped = store.skip(first.case_id, "dr_a")
+    assert skipped.lease_holder is None
+    second = store.lease_next("dr_a")
+    assert second is not None and second.case_id != first.case_id
+    # another annotator is not affected by dr_a's skip: the skipped case is theirs first
+    assert store.lease_next("dr_b").case_id == first.case_id
+    with pytest.raises(LeaseError):
+        store.skip(first.case_id, "dr_a")  # dr_b holds it now
+    store.release(first.case_id, "dr_b")
+    # once dr_a has everything else, the skipped case comes back (longest-skipped first)
+    served = [second.case_id]
+    store.skip(second.case_id, "dr_a")
+    for _ in range(len(store.cases(state="unlabeled")) - 2):
+        record = store.lease_next("dr_a")
+        served.append(record.case_id)
+        label = read_volume(source / "labelsTr" / f"{record.case_id}.nii.gz")
+        store.submit_label(record.case_id, label, annotator="dr_a")
+    assert store.lease_next("dr_a").case_id == first.case_id  # skipped before second

@@ -145,3 +145,10 @@ def release_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContex
     return case_out(context.store.release(case_id, annotator), context.store.scores().get(case_id))
 
 
+
+
+@router.post("/{case_id}/skip", response_model=CaseOut, summary="Skip a case: release it and serve it last to this annotator")
+def skip_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> CaseOut:
+    """Release ``annotator``'s lease; ``POST /v1/queue/next`` then serves them every other case before this one.
+    409 ``leased`` when someone else holds it, 409 when the case is already labelled."""
+    return case_out(context.store.skip(case_id, annotator), context.store.scores().get(case_id))

@@ -21,7 +21,8 @@ from pathlib import Path
 from activeseg.errors import DatastoreError
 from activeseg.store.sqlite_tx import transaction
 
-__all__ = ["META_DIR", "DB_NAME", "SCHEMA_VERSION", "SUBFOLDERS", "Database", "create_schema"]
+__all__ = ["META_DIR", "DB_NAME", "SCHEMA_VERSION", "SUBFOLDERS", "Database", "create_schema", "SKIPS_TABLE",
+           "has_table"]
 
 META_DIR = ".activeseg"
 DB_NAME = "activeseg.db"
@@ -60,6 +61,17 @@ CREATE TABLE IF NOT EXISTS scores (
     foreground_ml REAL NOT NULL,
     route         TEXT NOT NULL,
     PRIMARY KEY (model_version, case_id)
+);
+"""
+
+# Cases an annotator skipped (Skip in the module): served to them again only after every other case.
+# Created by create_schema for new datastores and on the first skip in older ones (readers check has_table).
+SKIPS_TABLE = """
+CREATE TABLE IF NOT EXISTS skips (
+    case_id   TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    skipped   REAL NOT NULL,
+    PRIMARY KEY (case_id, annotator)
 );
 """
 
@@ -112,5 +124,10 @@ class Database:
 
 def create_schema(connection: sqlite3.Connection) -> None:
     """Create the tables (idempotent) and switch the database to write-ahead logging."""
-    connection.executescript(_SCHEMA)
+    connection.executescript(_SCHEMA + SKIPS_TABLE)
     connection.execute("PRAGMA journal_mode=WAL")
+
+
+def has_table(connection: sqlite3.Connection, name: str) -> bool:
+    """Whether the database has table ``name`` (tables added after a datastore was created may be missing)."""
+    return connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None

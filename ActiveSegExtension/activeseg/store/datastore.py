@@ -158,6 +158,10 @@ class Datastore:
         """Lease the most uncertain queued case nobody holds (``None`` when none). See :meth:`CaseQueue.lease_next`."""
         return self.case_queue.lease_next(annotator)
 
+    def skip(self, case_id: str, annotator: str) -> CaseRecord:
+        """Release ``annotator``'s lease and serve them every other case first. See :meth:`CaseQueue.skip`."""
+        return self.case_queue.skip(case_id, annotator)
+
     def prediction_path(self, case_id: str, model_version: int) -> Path:
         """Where ranking keeps a model version's prediction of a queued case (a ``.seg.nrrd``)."""
         return self.case_queue.prediction_path(case_id, model_version)

@@ -13,6 +13,7 @@ from activeseg.config import Config
 from activeseg.errors import CaseStateError, LeaseError
 from activeseg.store.case_ids import validate_case_id
 from activeseg.store.cases import TRAINED_STATES, CaseRecord, CaseState, CaseTable, live_lease_holder
+from activeseg.store.database import SKIPS_TABLE, has_table
 from activeseg.store.models import ModelTable
 from activeseg.store.scores import ScoreRecord, score_from_row
 
@@ -80,11 +81,15 @@ class CaseQueue:
         Cold start: before the first model exists nothing has been ranked, so the queue is empty; then
         unlabelled cases are served, training split first (a first round needs them), in id order. Each
         lease is one transaction under SQLite's write lock, so two annotators never get the same case.
+        Cases ``annotator`` skipped (:meth:`skip`) come after all others, the longest-skipped first.
         """
         candidates = [record for record, _ in self.queue()]
         if not candidates and self.models.active_version() is None:
             unlabeled = self.cases.cases(state=CaseState.UNLABELED)
             candidates = sorted(unlabeled, key=lambda r: (r.split != "train", r.case_id))
+        skipped = self.skipped(annotator)
+        if skipped:  # stable sort: the queue's order within the unskipped and by skip time within the skipped
+            candidates.sort(key=lambda r: (r.case_id in skipped, skipped.get(r.case_id, 0.0)))
         for record in candidates:
             if record.lease_holder in (None, annotator):
                 try:
@@ -92,6 +97,40 @@ class CaseQueue:
                 except (LeaseError, CaseStateError):  # taken or labelled meanwhile: try the next one
                     continue
         return None
+
+    def skip(self, case_id: str, annotator: str) -> CaseRecord:
+        """``annotator`` skips a case: their lease (if any) is released and :meth:`lease_next` serves them every
+        other case before this one again. The case stays in the queue for everyone else.
+
+        Raises:
+            LeaseError: another annotator holds it (or no annotator was named).
+            CaseStateError: the case is already labelled (nothing to skip).
+        """
+        if not annotator:
+            raise LeaseError("an annotator name is required to skip a case")
+        with self.database.connect(write=True) as connection:
+            row = self.cases.row(connection, case_id)
+            holder = live_lease_holder(row)
+            if holder not in (None, annotator):
+                raise LeaseError(f"case {case_id!r} is leased to {holder!r}, not {annotator!r}")
+            if row["state"] in TRAINED_STATES:
+                raise CaseStateError(f"case {case_id!r} is already {row['state']}: nothing to skip")
+            now = time.time()
+            connection.execute(
+                "UPDATE cases SET lease_holder = NULL, lease_expires = NULL, updated = ? WHERE case_id = ?", (now, case_id))
+            if not has_table(connection, "skips"):  # a datastore created before Skip existed
+                connection.execute(SKIPS_TABLE)  # one statement inside this transaction (executescript would commit)
+            connection.execute("INSERT OR REPLACE INTO skips (case_id, annotator, skipped) VALUES (?, ?, ?)",
+                               (case_id, annotator, now))
+        return self.cases.case(case_id)
+
+    def skipped(self, annotator: str) -> dict[str, float]:
+        """Case id -> when ``annotator`` last skipped it (Unix seconds)."""
+        with self.database.connect() as connection:
+            if not has_table(connection, "skips"):
+                return {}
+            rows = connection.execute("SELECT case_id, skipped FROM skips WHERE annotator = ?", (annotator,)).fetchall()
+        return {row["case_id"]: float(row["skipped"]) for row in rows}
 
     def prediction_path(self, case_id: str, model_version: int) -> Path:
         """Where ranking keeps model ``model_version``'s prediction of a queued case (a ``.seg.nrrd``),
