@@ -136,6 +136,7 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadPseudoButton.clicked.connect(self.onLoadPseudo)
         self.ui.acceptPseudoButton.clicked.connect(lambda: self.onReviewDecision(accept=True))
         self.ui.rejectPseudoButton.clicked.connect(lambda: self.onReviewDecision(accept=False))
+        self.ui.reopenCaseButton.clicked.connect(self.onReopenCase)
         self.ui.cancelTrainingButton.enabled = False
         self.initializeParameterNode()
 
@@ -337,8 +338,9 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             start = "views centred on the most uncertain region"
         else:
             start = "no uncertainty map yet"
-        kind = {"pseudo": "the pseudo-label", "prediction": "the model's prediction"}.get(loaded.start_kind,
-                                                                                            "empty segments")
+        kinds = {"pseudo": "the pseudo-label", "prediction": "the model's prediction",
+                 "label": "its stored label, re-opened to edit"}
+        kind = kinds.get(loaded.start_kind, "empty segments")
         self.ui.backendStatusLabel.text = f"Loaded {loaded.case_id} (starting from {kind}; {start})"
         self.ui.noFindingCheckBox.checked = False
 
@@ -439,7 +441,7 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ review
 
     def onRefreshReview(self) -> None:
-        self._run(self.logic.review.pending, onDone=lambda rows: self._fillTable(self.ui.reviewTable, rows))
+        self._run(self.logic.review.rows, onDone=lambda rows: self._fillTable(self.ui.reviewTable, rows))
 
     def onLoadPseudo(self) -> None:
         caseId = self._selectedCase(self.ui.reviewTable)
@@ -458,6 +460,19 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(exc)
             return
         self._show(loaded.volume_node, loaded.segmentation_node)  # editable: Submit stores it as an expert label
+        try:
+            self.ui.reviewSummaryLabel.text = self.logic.review.summary(download.case)
+        except (ActiveSegModuleError, ValueError) as exc:
+            self.ui.reviewSummaryLabel.text = f"volumes not available: {exc}"
+
+    def onReopenCase(self) -> None:
+        caseId = self._selectedCase(self.ui.reviewTable)
+        cases = self.logic.cases
+        if not caseId or (cases.has_unsaved_edits() and not self._confirmDiscard(f"Case {cases.current.case_id}")):
+            return
+        previous = cases.current.case_id if cases.current is not None and cases.current.annotator else None
+        self._run(cases.fetch_reopened_case, caseId, self._parameterNode.annotator, previous,
+                  onDone=self._onCaseFetched, busy=f"Re-opening {caseId}...")
 
     def onReviewDecision(self, accept: bool) -> None:
         caseId = self._selectedCase(self.ui.reviewTable)

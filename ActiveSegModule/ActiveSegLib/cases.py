@@ -32,7 +32,7 @@ from .responses import Case
 from .session import BackendSession
 from .uncertainty import UncertaintyOverlay
 
-__all__ = ["CaseDownload", "LoadedCase", "QueueRow", "EditWatch", "CasesSection"]
+__all__ = ["CaseDownload", "LoadedCase", "QueueRow", "ReviewRow", "EditWatch", "CasesSection"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,20 @@ class QueueRow:
         """The table's text cells: case, M-DSC (3 decimals or an em dash), route, state."""
         mdsc = "\u2014" if self.case.mdsc is None else f"{self.case.mdsc:.3f}"
         return self.case.case_id, mdsc, self.case.route or "\u2014", self.case.state
+
+
+@dataclass(frozen=True)
+class ReviewRow(QueueRow):
+    """One row of the review table: a pending pseudo-label, or an accepted one that can be re-opened."""
+
+    def cells(self) -> tuple[str, ...]:  # type: ignore[override]
+        """case, M-DSC, confidence (the model's, 0-1), predicted foreground (ml), state; an em dash when unknown."""
+        case = self.case
+
+        def number(value: float | None, digits: int) -> str:
+            return "\u2014" if value is None else f"{value:.{digits}f}"
+
+        return case.case_id, number(case.mdsc, 3), number(case.confidence, 3), number(case.foreground_ml, 1), case.state
 
 
 @dataclass
@@ -127,7 +141,8 @@ class LoadedCase:
         annotator: who holds its lease (empty for a review-only load).
         volume_node: its ``vtkMRMLScalarVolumeNode`` (RAS).
         segmentation_node: the ``vtkMRMLSegmentationNode`` being edited or reviewed (reference geometry = volume).
-        start_kind: what the segmentation started from: ``"pseudo"``, ``"prediction"`` or ``""`` (empty segments).
+        start_kind: what the segmentation started from: ``"pseudo"``, ``"prediction"``, ``"label"`` (a re-opened
+            labelled or accepted case) or ``""`` (empty segments).
         owns_volume: whether removing this case should remove the volume too (a review overlay on the case
             being segmented shares its volume).
         watch: notices the user's edits of ``segmentation_node``.
@@ -270,6 +285,28 @@ class CasesSection:
         if release and release != case_id:
             self.release_lease(release, annotator)
         return self.fetch_case(case, annotator)
+
+    def fetch_reopened_case(self, case_id: str, annotator: str, release: str | None = None) -> CaseDownload:
+        """Re-open a labelled or accepted case to edit its label: lease it (``reopen``), download its image and its
+        label as the starting segmentation. Submit then replaces the label. Network; worker thread.
+
+        Args:
+            release: the case shown until now; its lease is given back once this one is leased (logged).
+
+        Raises:
+            ValueError: empty annotator name. BackendRequestError: 409 ``leased`` (a colleague holds it).
+        """
+        annotator = _annotator(annotator)
+        client = self.session.client
+        case = client.lease(case_id, annotator, reopen=True)
+        if release and release != case_id:
+            self.release_lease(release, annotator)
+        if not self.session.labels:
+            self.session.refresh_info()
+        start = client.download_label(case_id) if case.has_label else None
+        return CaseDownload(case=case, annotator=annotator, image=client.download_image(case_id), start=start,
+                            start_kind="label" if start is not None else "",
+                            uncertainty=client.download_uncertainty(case_id))
 
     def release_lease(self, case_id: str, annotator: str) -> bool:
         """Give a case's lease back so others can take it. Network; worker thread.
@@ -455,6 +492,11 @@ class CasesSection:
         """Lease and load a chosen case, releasing the lease of the one shown (network + MRML; scripts and tests)."""
         previous = self.current.case_id if self.current is not None and self.current.annotator else None
         return self.build_case_nodes(self.fetch_chosen_case(case_id, annotator, release=previous))
+
+    def reopen_case(self, case_id: str, annotator: str) -> LoadedCase:
+        """Re-open a labelled or accepted case with its label to edit (network + MRML; scripts and tests)."""
+        previous = self.current.case_id if self.current is not None and self.current.annotator else None
+        return self.build_case_nodes(self.fetch_reopened_case(case_id, annotator, release=previous))
 
     def submit(self, no_finding: bool = False) -> Case:
         """Encode and submit the current case's segmentation (network + MRML; for scripts and tests).

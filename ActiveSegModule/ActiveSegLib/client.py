@@ -243,9 +243,13 @@ class ActiveSegClient:
         case = answer.get("case") if isinstance(answer, dict) else None
         return Case.from_json(case) if case is not None else None
 
-    def lease(self, case_id: str, annotator: str) -> Case:
-        """``POST /v1/cases/{id}/lease``: lease (or renew) one case. 409 ``leased`` if someone else holds it."""
-        return Case.from_json(self._json("POST", f"/cases/{_quote(case_id)}/lease", params={"annotator": annotator}))
+    def lease(self, case_id: str, annotator: str, reopen: bool = False) -> Case:
+        """``POST /v1/cases/{id}/lease``: lease (or renew) one case. 409 ``leased`` if someone else holds it.
+        ``reopen``: also a labelled or accepted case, to edit its label."""
+        params: dict[str, str] = {"annotator": annotator}
+        if reopen:
+            params["reopen"] = "true"
+        return Case.from_json(self._json("POST", f"/cases/{_quote(case_id)}/lease", params=params))
 
     def release(self, case_id: str, annotator: str) -> Case:
         """``DELETE /v1/cases/{id}/lease``: give a lease back."""

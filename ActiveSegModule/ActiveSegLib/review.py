@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from . import mrml
-from .cases import CaseDownload, CasesSection, EditWatch, LoadedCase, QueueRow
+from .cases import CaseDownload, CasesSection, EditWatch, LoadedCase, QueueRow, ReviewRow
 from .client import Download
 from .responses import Case
 from .session import BackendSession
@@ -41,6 +43,36 @@ class ReviewSection:
     def pending(self) -> list[QueueRow]:
         """Cases with a pseudo-label awaiting review (state ``pseudo``). Network; worker thread."""
         return [QueueRow(case) for case in self.session.client.cases(state="pseudo").cases]
+
+    def rows(self) -> list[ReviewRow]:
+        """The review table: pending pseudo-labels first, then accepted ones (re-openable to edit), each with the
+        model's M-DSC, confidence and predicted foreground volume. Network; worker thread."""
+        client = self.session.client
+        return [ReviewRow(case) for state in ("pseudo", "accepted") for case in client.cases(state=state).cases]
+
+    def class_volumes_ml(self) -> dict[str, float]:
+        """Volume of each class in the overlay shown (:attr:`review`), in millilitres, from its labelmap on the
+        volume's grid (voxel volume = product of the spacing in mm / 1000). MRML; main thread.
+
+        Raises:
+            ValueError: no pseudo-label is shown.
+        """
+        if self.review is None:
+            raise ValueError("no pseudo-label is shown")
+        labels = self.session.require_labels()
+        array = mrml.labelmap_array_from_segmentation(self.session.context, self.review.segmentation_node,
+                                                      self.review.volume_node, labels)
+        voxel_ml = float(np.prod(self.review.volume_node.GetSpacing())) / 1000.0
+        counts = np.bincount(array.ravel(), minlength=max(labels) + 1)
+        return {name: float(counts[value]) * voxel_ml for value, name in sorted(labels.items())}
+
+    def summary(self, case: Case) -> str:
+        """One line for the review panel: volume per class (ml) of the overlay shown and the model's confidence.
+        MRML; main thread."""
+        volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in self.class_volumes_ml().items())
+        confidence = "unknown" if case.confidence is None else f"{case.confidence:.2f}"
+        mdsc = "" if case.mdsc is None else f", M-DSC {case.mdsc:.3f}"
+        return f"{case.case_id}: {volumes}; model confidence {confidence}{mdsc}"
 
     def fetch_pseudo(self, case_id: str, shown_case_id: str | None = None) -> CaseDownload:
         """Download a pseudo-label and (unless ``shown_case_id`` is this case) its image. Network; worker thread.

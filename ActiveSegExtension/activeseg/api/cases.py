@@ -134,9 +134,15 @@ def get_prediction(case_id: str, context: ServerContext = Depends(get_context)) 
 
 
 @router.post("/{case_id}/lease", response_model=CaseOut, summary="Lease (or renew) one case")
-def lease_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> CaseOut:
-    """Lease a case to ``annotator`` for ``lease_seconds``. 409 ``leased`` when someone else holds it."""
-    return case_out(context.store.lease(case_id, annotator), context.store.scores().get(case_id))
+def lease_case(
+    case_id: str, annotator: str = ANNOTATOR,
+    reopen: bool = Query(False, description="also lease a labelled or accepted case, to edit its label"),
+    context: ServerContext = Depends(get_context),
+) -> CaseOut:
+    """Lease a case to ``annotator`` for ``lease_seconds``. 409 ``leased`` when someone else holds it; 409 for a
+    labelled or accepted case unless ``reopen=true`` (its label is then served by ``GET .../label`` to edit, and
+    a submission replaces it)."""
+    return case_out(context.store.lease(case_id, annotator, reopen), context.store.scores().get(case_id))
 
 
 @router.delete("/{case_id}/lease", response_model=CaseOut, summary="Release a lease")

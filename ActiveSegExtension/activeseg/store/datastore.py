@@ -166,9 +166,10 @@ class Datastore:
         """Where ranking keeps a model version's prediction of a queued case (a ``.seg.nrrd``)."""
         return self.case_queue.prediction_path(case_id, model_version)
 
-    def lease(self, case_id: str, annotator: str) -> CaseRecord:
-        """Lease one case to ``annotator`` for ``config.lease_seconds``. Raises LeaseError / CaseStateError."""
-        return self.case_queue.lease(case_id, annotator)
+    def lease(self, case_id: str, annotator: str, reopen: bool = False) -> CaseRecord:
+        """Lease one case to ``annotator`` for ``config.lease_seconds`` (``reopen``: also a labelled one, to edit
+        its label). Raises LeaseError / CaseStateError. See :meth:`CaseQueue.lease`."""
+        return self.case_queue.lease(case_id, annotator, reopen)
 
     def release(self, case_id: str, annotator: str) -> CaseRecord:
         """Give a lease back. Raises LeaseError if someone else holds it."""

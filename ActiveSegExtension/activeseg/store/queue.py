@@ -137,11 +137,15 @@ class CaseQueue:
         served to the annotator as a starting segmentation."""
         return self.database.meta_dir / "predictions" / f"{validate_case_id(case_id)}.v{int(model_version)}.seg.nrrd"
 
-    def lease(self, case_id: str, annotator: str) -> CaseRecord:
+    def lease(self, case_id: str, annotator: str, reopen: bool = False) -> CaseRecord:
         """Lease one case to ``annotator`` for ``config.lease_seconds`` (renews an own lease).
 
+        Args:
+            reopen: also lease a labelled or accepted case, to edit its label (the submission replaces it).
+                Without it a labelled case is refused, so a stale queue entry never re-opens one by mistake.
+
         Raises:
-            LeaseError: another annotator holds it. CaseStateError: the case is already labelled.
+            LeaseError: another annotator holds it. CaseStateError: the case is already labelled (and not ``reopen``).
         """
         if not annotator:
             raise LeaseError("an annotator name is required to lease a case")
@@ -151,8 +155,8 @@ class CaseQueue:
             holder = live_lease_holder(row, now)
             if holder not in (None, annotator):
                 raise LeaseError(f"case {case_id!r} is leased to {holder!r} until {row['lease_expires']:.0f}")
-            if row["state"] in TRAINED_STATES:
-                raise CaseStateError(f"case {case_id!r} is already {row['state']}")
+            if row["state"] in TRAINED_STATES and not reopen:
+                raise CaseStateError(f"case {case_id!r} is already {row['state']} (re-open it to edit its label)")
             connection.execute(
                 "UPDATE cases SET lease_holder = ?, lease_expires = ?, updated = ? WHERE case_id = ?",
                 (annotator, now + self.config.lease_seconds, now, case_id),
