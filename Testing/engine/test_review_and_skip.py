@@ -67,3 +67,30 @@ def test_skip_releases_and_is_not_served_straight_back(store_and_source: tuple[D
         label = read_volume(source / "labelsTr" / f"{record.case_id}.nii.gz")
         store.submit_label(record.case_id, label, annotator="dr_a")
     assert store.lease_next("dr_a").case_id == first.case_id  # skipped before second
+
+
+def test_skip_works_on_a_datastore_created_before_skips_existed(store_and_source: tuple[Datastore, Path]) -> None:
+    import sqlite3
+
+    store, _ = store_and_source
+    with sqlite3.connect(store.db_path) as connection:
+        connection.execute("DROP TABLE skips")
+    first = store.lease_next("dr_a")  # reading works without the table
+    store.skip(first.case_id, "dr_a")  # the first skip creates it
+    assert store.case_queue.skipped("dr_a").keys() == {first.case_id}
+    assert store.lease_next("dr_a").case_id != first.case_id
+
+
+def test_a_labelled_case_is_leased_only_when_reopened(store_and_source: tuple[Datastore, Path]) -> None:
+    """Issue 14 item 4: an accepted pseudo-label could not be opened again (409 on lease)."""
+    from activeseg.errors import CaseStateError
+
+    store, source = store_and_source
+    case_id = store.cases(split="train")[0].case_id
+    _pseudo(store, source, [case_id])
+    store.accept_pseudo(case_id, "dr_a")
+    with pytest.raises(CaseStateError, match="re-open"):
+        store.lease(case_id, "dr_a")
+    assert store.lease(case_id, "dr_a", reopen=True).lease_holder == "dr_a"
+    served = store.lease_next("dr_b")
+    assert served is None or served.case_id != case_id  # Next never serves a labelled case
