@@ -103,6 +103,8 @@ class TrainingConfig:
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         warmup_fraction: share of the round's steps with a linearly rising learning rate.
         warm_start: start a round from the active model's weights (and its plan) instead of from scratch.
+        keep_better_parent: a round whose weights score below the active model on the validation split registers
+            nothing (the active model stays); off: every round registers its weights.
         foreground_crop_fraction: share of crops centred on a foreground voxel (nnU-Net: 1/3).
         augment: MONAI random augmentation of training crops (``model/sampling.py``).
         mirroring: "auto" (mirror along ``flip_axes`` only when there is one foreground class: classes that differ
@@ -133,6 +135,7 @@ class TrainingConfig:
     weight_decay: float = 3e-5
     warmup_fraction: float = 0.05
     warm_start: bool = False
+    keep_better_parent: bool = True
     foreground_crop_fraction: float = 0.33
     augment: bool = True
     mirroring: str = "auto"

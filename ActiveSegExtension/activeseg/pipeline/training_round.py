@@ -442,7 +442,7 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> R
     metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=settings.seed + round_index)
     metrics["phase_seconds"]["preprocess"] = preprocess_seconds
     kept_parent = False
-    if parent is not None and data.validation:
+    if parent is not None and data.validation and settings.keep_better_parent:
         # The rule that a round never registers weights worse than its parent, judged on the source grids
         # (the two models' plans may differ). How often it fires is recorded in the metrics.
         compare_started = time.perf_counter()
