@@ -8,9 +8,9 @@ a fresh initialisation: the cost of a forward pass does not depend on the weight
 Rows, each timed per volume (mean over volumes, volumes interleaved so that load from other processes
 hits every method alike):
 
-* DSAL: :func:`activeseg.model.predictor.predict_heads` once plus :func:`activeseg.pipeline.ranking_round.score_case`
+* DSAL: one :meth:`activeseg.model.predictor.Predictor.predict` pass plus :func:`activeseg.pipeline.ranking_round.score_case`
   (three argmaxes, two Dice agreements, confidence).
-* MC-dropout, T passes, as the ``mc-dropout`` strategy runs it (``predict_heads`` per pass: also computes
+* MC-dropout, T passes, as the ``mc-dropout`` strategy runs it (a three-head ``Predictor`` pass each: also computes
   the auxiliary heads' softmax, which MC-dropout does not need).
 * MC-dropout, T passes, main head only (a leaner implementation: MONAI's sliding window over the main
   logits only), so the ratio is not flattered by the overhead above.
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from activeseg.config import IntensityConfig
-from activeseg.model.predictor import enable_mc_dropout, predict_heads
+from activeseg.io.volumes import Geometry, Volume
 from activeseg.model.network import build_network
-from activeseg.model.preprocessing import normalise_intensity
+from activeseg.model.plan import Plan
+from activeseg.model.predictor import Predictor, enable_mc_dropout
 from activeseg.pipeline.ranking_round import score_case
 from activeseg.experiments.strategies import mc_mean_probabilities, predictive_entropy
 
@@ -43,19 +43,19 @@ NUM_CLASSES = 3
 PASSES = 10
 
 
-def _volumes(count: int) -> tuple[list[np.ndarray], str]:
-    """``count`` z-score-normalised volumes (k, j, i) and a description of where they came from."""
-    settings = IntensityConfig(mode="zscore")
+def _volumes(count: int) -> tuple[list[Volume], str]:
+    """``count`` raw volumes (k, j, i) at 1 mm and a description of where they came from."""
     if (HIPPOCAMPUS / "dataset.json").is_file():
         from activeseg.io.volumes import read_volume
 
         entries = json.loads((HIPPOCAMPUS / "dataset.json").read_text())["training"][:count]
-        arrays = [normalise_intensity(read_volume(HIPPOCAMPUS / e["image"]).array, settings) for e in entries]
-        shapes = np.array([a.shape for a in arrays])
-        return arrays, f"{count} hippocampus MRI volumes (MSD Task04), mean shape {tuple(int(v) for v in shapes.mean(0))} (k, j, i)"
+        volumes = [read_volume(HIPPOCAMPUS / e["image"]) for e in entries]
+        shapes = np.array([v.array.shape for v in volumes])
+        return volumes, f"{count} hippocampus MRI volumes (MSD Task04), mean shape {tuple(int(v) for v in shapes.mean(0))} (k, j, i)"
     rng = np.random.default_rng(0)
-    arrays = [rng.normal(size=(36, 50, 35)).astype(np.float32) for _ in range(count)]
-    return arrays, f"{count} random volumes 36x50x35 (shared data absent)"
+    grid = Geometry((35, 50, 36), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    volumes = [Volume(rng.normal(size=(36, 50, 35)).astype(np.float32), grid) for _ in range(count)]
+    return volumes, f"{count} random volumes 36x50x35 (shared data absent)"
 
 
 def _mc_main_only(model: torch.nn.Module, image: np.ndarray, passes: int) -> float:
@@ -80,28 +80,29 @@ def run(quick: bool) -> str:
     try:
         torch.manual_seed(0)
         model = build_network(NUM_CLASSES, CHANNELS, 0.1).eval()
-        device = torch.device("cpu")
+        plan = Plan((1.0, 1.0, 1.0), PATCH, [(2, 2, 2)] * 3, CHANNELS, 2, "zscore")
+        predictor = Predictor(model, plan, torch.device("cpu"), amp=False)
         volumes, description = _volumes(4 if quick else 16)
-        predict_heads(model, volumes[0], PATCH, device, amp=False)  # warm-up (allocator, MONAI imports)
+        predictor.predict(volumes[0], on_source_grid=False)  # warm-up (allocator, MONAI imports)
         times: dict[str, list[float]] = {"dsal": [], "mc": [], "mc_main": []}
-        for image in volumes:
+        for volume in volumes:
             model.eval()
             started = time.perf_counter()
-            score_case("v", predict_heads(model, image, PATCH, device, amp=False), NUM_CLASSES)
+            score_case("v", predictor.predict(volume, on_source_grid=False), NUM_CLASSES)
             times["dsal"].append(time.perf_counter() - started)
             enable_mc_dropout(model)
             started = time.perf_counter()
-            predictive_entropy(mc_mean_probabilities(model, image, PASSES, PATCH, device))
+            predictive_entropy(mc_mean_probabilities(predictor, volume, PASSES))
             times["mc"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            _mc_main_only(model, image, PASSES)
+            _mc_main_only(model, predictor.prepare(volume)[0], PASSES)
             times["mc_main"].append(time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
     dsal = float(np.mean(times["dsal"]))
     rows = [
         ("DSAL M-DSC (1 deterministic pass, 3 heads)", dsal),
-        (f"MC-dropout entropy, T={PASSES} (as the mc-dropout strategy: predict_heads per pass)", float(np.mean(times["mc"]))),
+        (f"MC-dropout entropy, T={PASSES} (as the mc-dropout strategy: a three-head pass each)", float(np.mean(times["mc"]))),
         (f"MC-dropout entropy, T={PASSES}, main head only", float(np.mean(times["mc_main"]))),
     ]
     lines = [
