@@ -8,6 +8,8 @@ or its alias ``alnt.lambda=0.5``); the top-level ones as ``--set val_fraction=0.
 ``--set label_codes.1=SCT^10200004^Liver`` (a coded concept, scheme^value^meaning; known names get
 SNOMED CT codes without it). :func:`describe_settings` lists every setting with its meaning and range
 (``activeseg config --help``).
+
+Length (~510 lines): one dataclass field per setting, each with the docstring ``activeseg config --help`` prints.
 """
 
 from __future__ import annotations

@@ -59,6 +59,8 @@ reported in ``stats["fraction_dropped"]``.
 Two entry points: :func:`compute_alnt_weights` (weights only; the caller then runs its own training
 forward/backward) and :func:`alnt_backward` (a fused training step that reuses the expert backward of
 the step itself as ``g``, saving one expert forward+backward; the caller then calls ``optimizer.step()``).
+
+Length (~550 lines): one method, most of it the derivations and exactness notes each function needs.
 """
 
 from __future__ import annotations

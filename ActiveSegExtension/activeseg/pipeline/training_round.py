@@ -18,6 +18,10 @@ How a round runs:
    then compares its pick with the parent on the validation split, both on the source grids; when the parent
    scores higher no version is registered: the parent stays active and the round's :class:`RoundResult` says so
    (``kept_parent`` in its metrics and :attr:`RoundResult.message`, so how often it fires is measured).
+
+Length (~490 lines): the round's stages are kept in one file, in the order they run, because each passes its
+results to the next (cases -> plan -> budget -> loop -> selection -> registration); the parts that stand alone
+(plan, cache, sampling, loss, predictor) live in ``activeseg.model``.
 """
 
 from __future__ import annotations
