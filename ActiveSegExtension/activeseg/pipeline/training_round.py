@@ -45,7 +45,7 @@ from activeseg.config import Config
 from activeseg.errors import CaseStateError, TrainingCancelled
 from activeseg.io.atomic import TEMP_MARKER, atomic_write
 from activeseg.io.seg_nrrd import read_segmentation_labelmap
-from activeseg.io.volumes import read_geometry
+from activeseg.io.volumes import Geometry, read_geometry
 from activeseg.method.alnt import alnt_backward, pseudo_share
 from activeseg.method.metrics import dice_per_class, summarise_dice
 from activeseg.model.case_cache import CachedCase, CaseCache, source_key
@@ -125,17 +125,19 @@ def round_message(metrics: dict[str, Any], version: int, registered: bool) -> st
     return f"registered model v{version}{scored}"
 
 
-def _target_spacing(store: Datastore, config: Config) -> tuple[float, float, float]:
+def _expert_geometries(store: Datastore) -> dict[str, Geometry]:
+    """Header geometry (LPS) of every expert-labelled training case, read once per round."""
+    return {
+        r.case_id: read_geometry(r.image_path)
+        for r in store.cases(split="train") if r.state in TRAINED_STATES and r.label_path is not None
+    }
+
+
+def _target_spacing(config: Config, geometries: dict[str, Geometry]) -> tuple[float, float, float]:
     """The planned spacing (k, j, i) from the expert cases' headers (nnU-Net's rule), or the user's setting."""
     if config.training.target_spacing:
         return tuple(float(s) for s in config.training.target_spacing)  # type: ignore[return-value]
-    spacings = [
-        tuple(reversed(read_geometry(r.image_path).spacing))
-        for r in store.cases(split="train") if r.state in TRAINED_STATES and r.label_path is not None
-    ]
-    if not spacings:
-        raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
-    return target_spacing_of(np.asarray(spacings))[0]
+    return target_spacing_of(np.asarray([tuple(reversed(g.spacing)) for g in geometries.values()]))[0]
 
 
 def load_training_data(store: Datastore, spacing: tuple[float, float, float]) -> TrainingData:
@@ -167,12 +169,14 @@ def load_training_data(store: Datastore, spacing: tuple[float, float, float]) ->
     return data
 
 
-def plan_round(store: Datastore, data: TrainingData, spacing: tuple[float, float, float], device: torch.device) -> Plan:
-    """The plan of a round trained from scratch: fingerprint of the expert cases, then the user's overrides."""
+def plan_round(store: Datastore, data: TrainingData, spacing: tuple[float, float, float], device: torch.device,
+               geometries: dict[str, Geometry]) -> Plan:
+    """The plan of a round trained from scratch: fingerprint of the expert cases (their source ``geometries``, from
+    :func:`_expert_geometries`), then the user's overrides."""
     config = store.config
     statistics = []
     for case in data.experts:
-        source = read_geometry(store.case(case.case_id).image_path)
+        source = geometries[case.case_id]
         statistics.append(CaseStatistics(
             tuple(reversed(source.spacing)), source.array_shape,  # type: ignore[arg-type]
             case.statistics.foreground_samples, case.statistics.class_voxels,
@@ -418,19 +422,21 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> R
     round_index = 1 if parent is None else int(store.model(parent).metrics.get("round", parent)) + 1
     started = time.perf_counter()
     warm = parent is not None and settings.warm_start
+    geometries = _expert_geometries(store)
+    if not geometries:
+        raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
     if warm:
         model, plan = load_checkpoint(store.model(parent).weights_path, device)
-        data = load_training_data(store, plan.target_spacing)
+        spacing = plan.target_spacing
     else:
-        spacing = _target_spacing(store, config)
-        data = load_training_data(store, spacing)
-        if not data.experts:
-            raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
-        plan = plan_round(store, data, spacing, device)
+        spacing = _target_spacing(config, geometries)
+    data = load_training_data(store, spacing)
+    if not data.experts:  # every expert label changed while the round started
+        raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
+    if not warm:
+        plan = plan_round(store, data, spacing, device, geometries)
         torch.manual_seed(settings.seed + round_index)
         model = build_network(config.num_classes, plan.channels, config.network.dropout, strides=plan.strides).to(device)
-    if not data.experts:
-        raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
     preprocess_seconds = time.perf_counter() - started
     steps = round_steps(config, len(data.experts) + len(data.pseudo))
     epochs = settings.epochs_per_round if warm else settings.epochs_first
