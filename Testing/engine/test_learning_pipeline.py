@@ -19,7 +19,7 @@ from activeseg.model.network import build_network
 from activeseg.model.plan import CaseStatistics, Plan, fingerprint_of, make_plan, override_plan, target_spacing_of
 from activeseg.model.predictor import Predictor
 from activeseg.model.preprocessing import normalise, resample_to_grid, resample_volume
-from activeseg.model.sampling import CropStream
+from activeseg.model.sampling import CropBatch, CropStream
 
 OBLIQUE = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # i along -y, j along +x: a rotated LPS grid
 
@@ -142,7 +142,7 @@ def test_case_cache_is_reused_and_replaced_when_the_label_changes(tmp_path) -> N
     assert len(entries) == 1, "the stale entry of the old label is removed"
 
 
-def _stream_batches(cases, plan, seed: int, n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _stream_batches(cases, plan, seed: int, n: int = 3) -> list[CropBatch]:
     stream = iter(CropStream(cases, plan, 2, seed, foreground_fraction=0.5, augment=True))
     return [next(stream) for _ in range(n)]
 
@@ -153,17 +153,35 @@ def test_crops_and_augmentation_are_repeatable_under_a_seed(tmp_path) -> None:
     case = cache.get("c1", "k", (3.0, 0.8, 0.8), lambda: image, lambda: label, 3)
     plan = Plan((3.0, 0.8, 0.8), (16, 32, 32), [(1, 2, 2), (2, 2, 2)], (4, 8, 8), 2, "zscore")
     first, same, other = _stream_batches([case], plan, 7), _stream_batches([case], plan, 7), _stream_batches([case], plan, 8)
-    for (a, la), (b, lb) in zip(first, same):
+    for (a, la, oa), (b, lb, ob) in zip(first, same):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(la, lb, rtol=0, atol=0)
-    assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(first, other))
-    images, labels = first[0]
+        assert oa == ob
+    assert any(not torch.equal(a.images, b.images) for a, b in zip(first, other))
+    images, labels, _ = first[0]
     assert images.shape == (2, 1, 16, 32, 32) and labels.dtype == torch.int64
     assert set(torch.unique(labels).tolist()) <= {0, 1, 2}
     # the volume (12 slices) is smaller than the patch (16): the padding is the volume's lowest normalised value
     unaugmented = next(iter(CropStream([case], plan, 1, 0, foreground_fraction=0.0, augment=False)))[0]
     lowest = (float(np.asarray(case.image).min()) - case.mean) / case.sd
     assert float(unaugmented.min()) == pytest.approx(lowest, rel=1e-4)
+
+
+def test_each_crop_carries_its_origin_on_the_planned_grid(tmp_path) -> None:
+    """Issue 11: a pseudo crop's ALNT weight is related to its true Dice through the crop's origin."""
+    image, label = _oblique_volume((20, 40, 36), (0.8, 0.8, 3.0))
+    cache = CaseCache(tmp_path / "cache")
+    case = cache.get("c1", "k", (3.0, 0.8, 0.8), lambda: image, lambda: label, 3)
+    plan = Plan((3.0, 0.8, 0.8), (16, 32, 32), [(1, 2, 2), (2, 2, 2)], (4, 8, 8), 2, "zscore")
+    stream = iter(CropStream([case], plan, 2, 5, foreground_fraction=0.5, augment=False))
+    for _ in range(3):
+        batch = next(stream)
+        assert len(batch.origins) == 2 and batch.images.shape[0] == 2
+        for crop_label, origin in zip(batch.labels, batch.origins):
+            assert origin.case_id == "c1"
+            box = np.asarray(case.label)[origin.slices()]
+            assert box.shape == (16, 32, 32)  # the volume is larger than the patch: no padding
+            np.testing.assert_array_equal(crop_label[0].numpy(), box)
 
 
 @pytest.mark.parametrize("strides", [[(1, 2, 2), (2, 2, 2), (2, 2, 2)], [(2, 2, 2), (2, 2, 2)]])

@@ -8,7 +8,7 @@ from activeseg.experiments.plotting import learning_curve_figure, plot_learning_
 
 
 def test_dice_and_loss_are_on_separate_axes(tmp_path: Path) -> None:
-    curves = {"dsal": [(4.0, 0.31, 0.0), (8.0, 0.55, 0.02)]}
+    curves = {"dsal": [(4.0, 0.31, 0.31, 0.31), (8.0, 0.55, 0.53, 0.57)]}
     losses = {"final training loss": [(4.0, 2.2), (8.0, 1.7)]}
     figure = learning_curve_figure(curves, "t", losses=losses)
     dice_axes, loss_axes = figure.axes
@@ -21,5 +21,15 @@ def test_dice_and_loss_are_on_separate_axes(tmp_path: Path) -> None:
 
 
 def test_without_losses_there_is_one_dice_axis() -> None:
-    figure = learning_curve_figure({"dsal": [(4.0, 0.3, 0.0)]}, "t")
+    figure = learning_curve_figure({"dsal": [(4.0, 0.3, 0.3, 0.3)]}, "t")
     assert len(figure.axes) == 1 and tuple(figure.axes[0].get_ylim()) == (0.0, 1.0)
+
+
+def test_differences_panel_replaces_the_loss_panel() -> None:
+    curves = {"dsal+alnt": [(4.0, 0.6, 0.55, 0.65), (8.0, 0.7, 0.66, 0.74)], "fg-random": [(4.0, 0.6, 0.55, 0.65), (8.0, 0.68, 0.6, 0.7)]}
+    differences = {"dsal+alnt": [(4.0, 0.0, 0.0, 0.0), (8.0, 0.02, -0.01, 0.05)]}
+    figure = learning_curve_figure(curves, "t", losses={"loss": [(4.0, 1.0)]}, differences=differences)
+    dice_axes, difference_axes = figure.axes
+    assert "fg-random" in difference_axes.get_ylabel()
+    plotted = [list(line.get_ydata()) for line in difference_axes.get_lines()]
+    assert [0.0, 0.02] in plotted  # the difference curve (the other line is the zero reference)

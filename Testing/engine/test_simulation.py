@@ -14,7 +14,8 @@ import pytest
 
 from activeseg.cli.main import main
 from activeseg.experiments.simulation import evaluate_test_split, load_results, plan_splits, simulate, strategy_label
-from activeseg.cli.simulate import summarise_curves
+from activeseg.errors import ConfigError
+from activeseg.experiments.statistics import collect_curves
 from activeseg.experiments.strategies import STRATEGIES, get_strategy, predictive_entropy
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -89,7 +90,51 @@ def test_dsal_writes_pseudo_labels_and_trains_on_them(runs: dict[str, dict]) -> 
     assert rows[0]["new_pseudo"], "weak_start_round=1: the first ranking writes pseudo-labels"
     assert rows[1]["pseudo"] >= 1 and rows[1]["alnt"], "round 1 trains on them with ALNT statistics"
     assert runs["dsal-noalnt"]["rounds"][1]["pseudo"] >= 1 and not runs["dsal-noalnt"]["rounds"][1]["alnt"]
-    assert all(r["pseudo"] == 0 for n in ("random", "fg-random", "mc-dropout", "full") for r in runs[n]["rounds"])
+    assert all(r["pseudo"] == 0 for n in ("random", "fg-random", "entropy", "mc-dropout", "full") for r in runs[n]["rounds"])
+
+
+def test_pseudo_label_quality_is_measured_against_the_truth(runs: dict[str, dict]) -> None:
+    rows = runs["dsal"]["rounds"]
+    first = rows[0]
+    assert set(first["pseudo_dice"]) == set(first["new_pseudo"])
+    assert all(0.0 <= d <= 1.0 for d in first["pseudo_dice"].values())
+    assert first["pseudo_dice_mean"] == pytest.approx(np.mean(list(first["pseudo_dice"].values())))
+    agreement = rows[1]["alnt_weight_vs_dice"]  # round 1 trained on them with ALNT: every pseudo crop was scored
+    assert agreement["crops"] >= 2 and 0.0 <= agreement["mean_crop_dice"] <= 1.0
+    assert rows[0]["alnt_weight_vs_dice"] == {}  # round 0 had no pseudo-labels
+    assert runs["dsal-noalnt"]["rounds"][1]["alnt_weight_vs_dice"] == {}  # no ALNT, no weights
+
+
+def test_per_case_test_dice_averages_to_the_reported_mean_for_one_class_cases(runs: dict[str, dict]) -> None:
+    for row in runs["random"]["rounds"]:
+        assert set(row["test_per_case"]) == set(runs["random"]["metadata"]["test_cases"])
+        assert all(0.0 <= d <= 1.0 for d in row["test_per_case"].values())
+
+
+def test_entropy_queries_the_highest_entropy_cases(runs: dict[str, dict], phantom_source: Path, tmp_path: Path) -> None:
+    from activeseg.experiments.strategies import EntropyStrategy
+    from activeseg.store.datastore import Datastore
+
+    result = _run(phantom_source, tmp_path, "entropy", rounds=1, keep_work_dir=True)
+    store = Datastore(tmp_path / "entropy-0" / "store")
+    selection = EntropyStrategy().select(store, 2, random.Random(0))
+    ranked = sorted(selection.scores, key=lambda c: -selection.scores[c])
+    assert selection.strong == ranked[:2] and len(selection.scores) >= 3
+    assert all(0.0 <= v <= np.log(3) + 1e-6 for v in selection.scores.values())
+    assert result["rounds"][0]["selected"] and not set(result["rounds"][0]["selected"]) & set(result["rounds"][0]["labelled_cases"])
+
+
+def test_mc_dropout_trains_with_dropout_and_refuses_a_network_without(runs: dict[str, dict], phantom_source: Path,
+                                                                     tmp_path: Path) -> None:
+    from activeseg.experiments.strategies import McDropoutStrategy
+    from activeseg.store.datastore import Datastore
+
+    assert runs["mc-dropout"]["metadata"]["config"]["network"]["dropout"] == pytest.approx(0.1)
+    assert runs["random"]["metadata"]["config"]["network"]["dropout"] == 0.0
+    _run(phantom_source, tmp_path, "random", rounds=0, keep_work_dir=True)
+    store = Datastore(tmp_path / "random-0" / "store")
+    with pytest.raises(ConfigError, match="dropout"):
+        McDropoutStrategy(passes=2).select(store, 1, random.Random(0))
 
 
 def test_full_labels_the_whole_pool(runs: dict[str, dict]) -> None:
@@ -100,7 +145,7 @@ def test_full_labels_the_whole_pool(runs: dict[str, dict]) -> None:
 
 def test_strategies_share_the_split_and_initial_set(runs: dict[str, dict]) -> None:
     reference = runs["random"]["metadata"]
-    for name in ("dsal", "fg-random", "mc-dropout"):
+    for name in ("dsal", "fg-random", "entropy"):
         meta = runs[name]["metadata"]
         assert meta["test_cases"] == reference["test_cases"] and meta["val_cases"] == reference["val_cases"]
         assert meta["initial_cases"] == reference["initial_cases"], name
@@ -109,6 +154,9 @@ def test_strategies_share_the_split_and_initial_set(runs: dict[str, dict]) -> No
         assert runs[name]["rounds"][0]["round0_cached"] is (name != "dsal")
     assert runs["random"]["rounds"][0]["round0_cached"] is False
     assert runs["full"]["rounds"][0]["round0_cached"] is False  # full never shares: it trains on the whole pool
+    # mc-dropout's network trains with dropout: another first model (same split and initial set)
+    assert runs["mc-dropout"]["metadata"]["initial_cases"] == reference["initial_cases"]
+    assert runs["mc-dropout"]["rounds"][0]["round0_cached"] is False
 
 
 @pytest.mark.parametrize("strategy", ["mc-dropout", "fg-random"])
@@ -128,7 +176,7 @@ def test_different_seeds_give_different_splits() -> None:
 
 
 def test_strategy_registry_and_labels() -> None:
-    assert set(STRATEGIES) == {"dsal", "random", "fg-random", "mc-dropout", "full"}
+    assert set(STRATEGIES) == {"dsal", "random", "fg-random", "entropy", "mc-dropout", "full"}
     assert get_strategy("mc-dropout", passes=3).passes == 3  # type: ignore[attr-defined]
     with pytest.raises(ValueError):
         get_strategy("uncertainty")
@@ -167,9 +215,17 @@ def test_cli_simulate_and_plot_write_results_and_png(runs: dict[str, dict], phan
     png = tmp_path / "curves.png"
     assert main(["plot", *paths, str(out), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    curves = summarise_curves([load_results(Path(p)) for p in paths] + [load_results(out)])
-    assert curves["random"][0][3] == 2  # two runs of "random" at 2 labels: mean over both
-    assert len(curves["full"]) == 1  # the ceiling is its final round only
+    summary_file = tmp_path / "summary.json"
+    assert main(["plot", *paths, "-o", str(png), "--summary", str(summary_file)]) == 0
+    summary = json.loads(summary_file.read_text())
+    assert summary["reference"] == "fg-random"
+    assert summary["curves"]["full"]["per_budget"][0]["labelled"] == runs["full"]["metadata"]["pool_size"]
+    assert len(summary["curves"]["full"]["per_budget"]) == 1  # the ceiling is its final round only
+    versus = summary["curves"]["dsal+alnt"]["versus_reference"]
+    assert [p["labelled"] for p in versus["per_budget"]] == [2, 3, 4]
+    assert versus["per_budget"][0]["mean"] == 0.0  # the same cached first model: no difference at the start
+    curves = collect_curves([load_results(Path(p)) for p in paths])
+    assert curves["random"].seeds() == [0]
 
 
 def test_cli_rejects_bad_results_file(tmp_path: Path) -> None:

@@ -190,7 +190,8 @@ def run_demo(
     prediction_files = write_final_predictions(store, out / "predictions")
     pending = {r.case_id for r in store.cases(state=CaseState.PSEUDO)}
     curve = plot_learning_curve(
-        {"DSAL + ALNT (demo)": [(r["expert"], r["val_dice"] or 0.0, 0.0) for r in summary_rows]},
+        {"DSAL + ALNT (demo)": [(r["expert"], r["val_dice"] or 0.0, r["val_dice"] or 0.0, r["val_dice"] or 0.0)
+                                for r in summary_rows]},
         out / "learning_curve.png",
         "ActiveSeg demo on synthetic phantoms (validation Dice)",
         losses={"final training loss": [(r["expert"], r["final_loss"]) for r in summary_rows if r["final_loss"] is not None]},

@@ -61,9 +61,12 @@ from activeseg.model.predictor import Predictor, select_device
 from activeseg.store.initialise import init_datastore
 from activeseg.store.sources import find_source
 from activeseg.experiments.oracle import SimulatedRadiologist
+from activeseg.experiments.pseudo_quality import CropWeightRecorder, pseudo_label_dice
+from activeseg.io.seg_nrrd import read_segmentation_labelmap
+from activeseg.io.volumes import Volume
 from activeseg.experiments.strategies import STRATEGIES, QueryStrategy, get_strategy
 from activeseg.method.metrics import dice_per_class, summarise_dice
-from activeseg.pipeline.training_round import RoundResult, train_round
+from activeseg.pipeline.training_round import ProgressCallback, RoundResult, train_round
 
 __all__ = [
     "SplitPlan", "SimulationSettings", "plan_splits", "strategy_label", "evaluate_test_split", "run_simulation",
@@ -73,6 +76,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "activeseg-simulation/1"
+# Decoder dropout of the mc-dropout baseline's network when the caller sets none.
+MC_DROPOUT_RATE = 0.1
 
 
 class SplitPlan:
@@ -129,21 +134,24 @@ def evaluate_test_split(predictor: Predictor, cases: list[tuple[str, Path, Path]
         cases: (case id, image path, label path).
 
     Returns:
-        ``{"per_class": {name: mean Dice}, "mean": mean over classes, "per_case": {id: {name: Dice}}}``.
+        ``{"per_class": {name: mean Dice}, "mean": mean over classes, "per_case": {id: {name: Dice}},
+        "per_case_mean": {id: mean Dice over the classes counted for that case (1.0 when none is)}}``.
         A class absent from both truth and prediction of a case is not counted for that case; a class
         never counted scores 1 (the convention of :mod:`activeseg.method.metrics`, as validation uses).
     """
     scored: list[dict[int, float | None]] = []
     per_case: dict[str, dict[str, float]] = {}
+    per_case_mean: dict[str, float] = {}
     for case_id, image_path, label_path in cases:
         truth = read_volume(label_path, dtype=np.uint8).array
         prediction = predictor.segment(read_volume(image_path))
         dice = dice_per_class(prediction, truth, config.labels)
         scored.append(dice)
         per_case[case_id] = {config.labels[value]: d for value, d in dice.items() if d is not None}
+        per_case_mean[case_id] = float(np.mean(list(per_case[case_id].values()))) if per_case[case_id] else 1.0
     summary = summarise_dice(scored, config.labels)
     means = {name: summary[name] for name in config.labels.values()}
-    return {"per_class": means, "mean": summary["mean"], "per_case": per_case}
+    return {"per_class": means, "mean": summary["mean"], "per_case": per_case, "per_case_mean": per_case_mean}
 
 
 def _write_subset_dataset(folder: Path, source_json: dict[str, Any], images: dict[str, Path], labels: dict[str, Path], ids: list[str]) -> Path:
@@ -228,6 +236,10 @@ class SimulationSettings:
     def config_overrides(self) -> list[str]:
         """The settings the datastore is created with: the seed, the caller's overrides, ALNT off if asked."""
         settings = [f"training.seed={self.seed}", *self.overrides]
+        if self.strategy == "mc-dropout" and not any(o.startswith("network.dropout=") for o in self.overrides):
+            # MC-dropout samples dropout masks: its network trains with dropout (MONAI Label's networks do);
+            # every other strategy keeps the engine's default (no dropout).
+            settings.append(f"network.dropout={MC_DROPOUT_RATE}")
         if not self.alnt:
             settings.append("alnt.enabled=false")
         return settings
@@ -259,6 +271,7 @@ class _Experiment:
     strategy_rng: random.Random
     device: torch.device
     cache_file: Path | None
+    progress: ProgressCallback | None = None
 
 
 def _read_dataset(dataset_dir: Path) -> _Dataset:
@@ -337,14 +350,38 @@ def _start(dataset: _Dataset, plan: SplitPlan, work: Path, settings: SimulationS
     )
 
 
-def _train(experiment: _Experiment, round_index: int) -> tuple[ModelRecord | RoundResult, float, bool]:
-    """Train round ``round_index`` (or register the cached round-0 model): (model, train seconds, cached)."""
+def _pseudo_labels(store: Datastore) -> dict[str, Volume]:
+    """The training split's current pseudo-labels, case id -> label map on the case's grid."""
+    labels = store.config.labels
+    return {
+        c.case_id: read_segmentation_labelmap(c.pseudo_path, labels)
+        for c in store.cases(split="train", state=CaseState.PSEUDO) if c.pseudo_path is not None
+    }
+
+
+def _alnt_agreement(experiment: _Experiment, recorder: CropWeightRecorder, record: ModelRecord | RoundResult) -> dict[str, Any]:
+    """ALNT weight against true crop Dice for the round just trained (empty when no ALNT step ran)."""
+    if not recorder.records:
+        return {}
+    spacing = tuple(float(s) for s in record.metrics["plan"]["target_spacing"])
+    return recorder.summary(_pseudo_labels(experiment.store), experiment.oracle.labels, list(experiment.store.config.labels),
+                            spacing)  # type: ignore[arg-type]
+
+
+def _train(experiment: _Experiment, round_index: int, recorder: CropWeightRecorder | None = None,
+           ) -> tuple[ModelRecord | RoundResult, float, bool]:
+    """Train round ``round_index`` (or register the cached round-0 model): (model, train seconds, cached).
+
+    ``recorder`` receives the round's ALNT weights per pseudo-labelled crop.
+    """
     started = time.perf_counter()
     cache_file = experiment.cache_file
     if round_index == 0 and cache_file is not None and cache_file.is_file():
         metrics = json.loads(cache_file.with_suffix(".json").read_text())
         return experiment.store.add_model(cache_file, metrics, None), float(metrics["wall_s"]), True
-    record = train_round(experiment.store)
+    progress = experiment.progress
+    forward = None if progress is None else (lambda event: progress({**event, "round": round_index}))
+    record = train_round(experiment.store, progress=forward, weight_observer=recorder)
     train_s = time.perf_counter() - started
     if round_index == 0 and cache_file is not None:
         _store_round0(cache_file, record.weights_path, {**record.metrics, "wall_s": train_s})
@@ -359,10 +396,18 @@ def _evaluate(experiment: _Experiment, record: ModelRecord | RoundResult) -> tup
     return dice, time.perf_counter() - started
 
 
+def _notify(experiment: _Experiment, event: dict[str, Any]) -> None:
+    if experiment.progress is not None:
+        experiment.progress(event)
+
+
 def _run_round(experiment: _Experiment, round_index: int) -> dict[str, Any]:
     """Train and evaluate one round; before the last, the strategy selects and the oracle labels K cases."""
     settings, store = experiment.settings, experiment.store
-    record, train_s, cached = _train(experiment, round_index)
+    recorder = CropWeightRecorder()
+    record, train_s, cached = _train(experiment, round_index, recorder)
+    alnt_agreement = _alnt_agreement(experiment, recorder, record)
+    _notify(experiment, {"phase": "evaluate", "round": round_index})
     dice, eval_s = _evaluate(experiment, record)
     trained_pseudo = [c.case_id for c in store.cases(state=CaseState.PSEUDO)]
     row: dict[str, Any] = {
@@ -373,22 +418,33 @@ def _run_round(experiment: _Experiment, round_index: int) -> dict[str, Any]:
         "labelled_cases": sorted(record.metrics["expert_cases"]),
         "pseudo_cases": sorted(trained_pseudo),
         "test_dice": {**dice["per_class"], "mean": dice["mean"]},
+        "test_per_case": dice["per_case_mean"],
         "val_dice": record.metrics["val_dice"],
         "best_epoch": record.metrics["best_epoch"],
         "alnt": record.metrics["alnt"],
+        "alnt_weight_vs_dice": alnt_agreement,
+        "kept_parent": bool(record.metrics.get("kept_parent", False)),
         "train_s": train_s,
         "round0_cached": cached,
         "eval_s": eval_s,
         "rank_s": 0.0,
         "selected": [],
         "new_pseudo": [],
+        "pseudo_dice": {},
+        "pseudo_dice_mean": None,
     }
     if round_index < settings.rounds and not experiment.chooser.labels_everything:
+        _notify(experiment, {"phase": "select", "round": round_index})
         selection = experiment.chooser.select(store, settings.per_round, experiment.strategy_rng)
         assert not set(selection.strong) & set(experiment.plan.test)
         for case_id in selection.strong:
             experiment.oracle.label(store, case_id)
         row.update({"rank_s": selection.seconds, "selected": selection.strong, "new_pseudo": sorted(selection.weak)})
+        if selection.weak:  # the truth is known here: how good are the pseudo-labels the next round trains on?
+            quality = pseudo_label_dice(_pseudo_labels(store), experiment.oracle.labels, list(store.config.labels))
+            row.update({"pseudo_dice": quality, "pseudo_dice_mean": float(np.mean(list(quality.values())))})
+    _notify(experiment, {"phase": "round_done", "round": round_index, "labelled": row["labelled"],
+                         "test_dice": dice["mean"]})
     logger.info(
         "%s seed %d round %d: %d labelled, %d pseudo, test Dice %.4f (%s), train %.0f s, rank %.0f s",
         settings.label, settings.seed, round_index, row["labelled"], row["pseudo"], dice["mean"],
@@ -426,19 +482,24 @@ def _metadata(experiment: _Experiment, dataset_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_simulation(dataset_dir: Path, settings: SimulationSettings) -> dict[str, Any]:
+def run_simulation(dataset_dir: Path, settings: SimulationSettings, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Run one label-efficiency experiment and return its results.
 
     Args:
         dataset_dir: an MSD-style folder (``dataset.json`` with ``training`` image/label pairs).
         settings: the experiment.
+        progress: receives the training round's events (:func:`activeseg.pipeline.training_round.train_round`)
+            and the simulation's own (``phase`` ``evaluate``, ``select``, ``round_done``), each with ``round``.
 
     Returns:
         JSON-ready ``{"format", "metadata": {...}, "rounds": [per-round dict], "seconds"}``. Each round:
         ``round``, ``labelled`` (expert training labels the model was trained on), ``pseudo`` (pseudo-
         labelled cases in its training), ``labelled_cases``, ``pseudo_cases``, ``test_dice`` (per class
-        and ``mean``), ``val_dice``, ``best_epoch``, ``alnt`` (weight statistics), ``train_s``,
-        ``rank_s`` (the selection after this round's model; 0 after the last round), ``selected``.
+        and ``mean``), ``test_per_case`` (case id -> mean Dice, for paired bootstraps), ``val_dice``,
+        ``best_epoch``, ``alnt`` (weight statistics), ``alnt_weight_vs_dice`` (ALNT weight of each pseudo crop
+        against its true Dice, :meth:`~activeseg.experiments.pseudo_quality.CropWeightRecorder.summary`),
+        ``kept_parent``, ``train_s``, ``rank_s`` (the selection after this round's model; 0 after the last
+        round), ``selected``, ``new_pseudo`` and their true Dice ``pseudo_dice`` / ``pseudo_dice_mean``.
 
     Raises:
         ConfigError: unknown strategy, bad fractions, or ``initial`` larger than the pool.
@@ -452,6 +513,7 @@ def run_simulation(dataset_dir: Path, settings: SimulationSettings) -> dict[str,
     plan = plan_splits(ids, settings.seed, settings.test_fraction, settings.val_fraction, settings.pool_size)
     work, temporary = _fresh_work_dir(settings)
     experiment = _start(dataset, plan, work, settings)
+    experiment.progress = progress
     rounds = [_run_round(experiment, round_index) for round_index in range(settings.rounds + 1)]
     metadata = _metadata(experiment, dataset_dir)
     seconds = time.perf_counter() - started

@@ -19,6 +19,9 @@ Registered names (where a baseline differs from its source is listed in the READ
 * ``fg-random``: foreground-aware random (nnActive, TMLR 2025): uniform among unlabelled cases in which
   the active model's main head predicts any foreground voxel; when fewer than K such cases remain, the rest
   are drawn uniformly from the others (so every strategy labels the same budget).
+* ``entropy``: predictive entropy of one deterministic pass (nnActive's strongest uncertainty method, and like
+  DSAL one pass per case): mean over the volume of the per-voxel entropy (natural log) of the main head's
+  softmax; the K highest-entropy cases.
 * ``mc-dropout``: MONAI Label's "epistemic" strategy: T stochastic passes with decoder dropout active
   (:func:`activeseg.model.predictor.enable_mc_dropout`), mean softmax of the main head, per-voxel entropy
   (natural log), averaged over the volume; the K highest-entropy cases (MONAI Label's own score is
@@ -41,7 +44,7 @@ import torch
 
 from activeseg.store.datastore import Datastore
 from activeseg.store.cases import TRAINED_STATES
-from activeseg.errors import ModelVersionError
+from activeseg.errors import ConfigError, ModelVersionError
 from activeseg.io.volumes import Volume
 from activeseg.model.predictor import Predictor, enable_mc_dropout, select_device
 from activeseg.pipeline.ranking_round import rank_round
@@ -56,6 +59,7 @@ __all__ = [
     "DsalStrategy",
     "RandomStrategy",
     "ForegroundRandomStrategy",
+    "EntropyStrategy",
     "McDropoutStrategy",
     "FullStrategy",
 ]
@@ -197,6 +201,29 @@ class ForegroundRandomStrategy:
         return Selection(strong=chosen, scores=foreground, seconds=time.perf_counter() - started)
 
 
+def _top_k(scores: dict[str, float], k: int) -> list[str]:
+    """The ``k`` highest-scoring case ids; ties (to 1e-9) broken by case id so selections are reproducible."""
+    return sorted(scores, key=lambda cid: (-round(scores[cid], 9), cid))[:k]
+
+
+class EntropyStrategy:
+    """Predictive entropy of one deterministic pass per case (nnActive, TMLR 2025): top-K mean voxel entropy."""
+
+    name = "entropy"
+    labels_everything = False
+    uses_pseudo_labels = False
+
+    def select(self, store: Datastore, k: int, rng: random.Random) -> Selection:  # noqa: ARG002 - deterministic
+        """Score every unlabelled case by the mean voxel entropy of the main head's softmax; highest first."""
+        started = time.perf_counter()
+        predictor = _active_predictor(store)
+        entropy = {
+            case_id: predictive_entropy(predictor.predict(store.load_image(case_id), on_source_grid=False).main)
+            for case_id in unlabelled_pool(store)
+        }
+        return Selection(strong=_top_k(entropy, k), scores=entropy, seconds=time.perf_counter() - started)
+
+
 class McDropoutStrategy:
     """MC-dropout predictive entropy ("epistemic"): T stochastic passes per case, top-K entropy."""
 
@@ -216,6 +243,9 @@ class McDropoutStrategy:
         """Score every unlabelled case by mean voxel entropy of the T-pass mean softmax; highest first."""
         started = time.perf_counter()
         predictor = _active_predictor(store)
+        if not any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in predictor.model.modules()):
+            raise ConfigError("mc-dropout needs a network trained with dropout (network.dropout > 0): without it the "
+                              "T passes are identical and the score is one pass's entropy")
         enable_mc_dropout(predictor.model)
         # Dropout masks come from torch's global generator: seed it from the experiment's rng so the
         # same seed gives the same selections.
@@ -223,8 +253,7 @@ class McDropoutStrategy:
         entropy: dict[str, float] = {}
         for case_id in unlabelled_pool(store):
             entropy[case_id] = predictive_entropy(mc_mean_probabilities(predictor, store.load_image(case_id), self.passes))
-        ordered = sorted(entropy, key=lambda cid: (-round(entropy[cid], 9), cid))
-        return Selection(strong=ordered[:k], scores=entropy, seconds=time.perf_counter() - started)
+        return Selection(strong=_top_k(entropy, k), scores=entropy, seconds=time.perf_counter() - started)
 
 
 def mc_mean_probabilities(predictor: Predictor, volume: Volume, passes: int) -> np.ndarray:
@@ -255,6 +284,7 @@ STRATEGIES: dict[str, type] = {
     "dsal": DsalStrategy,
     "random": RandomStrategy,
     "fg-random": ForegroundRandomStrategy,
+    "entropy": EntropyStrategy,
     "mc-dropout": McDropoutStrategy,
     "full": FullStrategy,
 }

@@ -12,11 +12,16 @@
   both seeded from ``(seed, worker id)``; the same seed gives the same batches.
 * **Workers**: :class:`CropStream` is an ``IterableDataset``; a ``torch.utils.data.DataLoader`` with workers
   prepares batches while the GPU trains.
+* **Provenance**: every batch carries each crop's :class:`CropOrigin` (case and box on the planned grid), so that a
+  caller who knows the truth (the label-efficiency simulation) can relate a pseudo-labelled crop's ALNT weight
+  to that crop's true Dice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +40,33 @@ from activeseg.model.case_cache import CachedCase
 from activeseg.model.plan import Plan
 from activeseg.model.preprocessing import normalise, pad_value
 
-__all__ = ["sample_crop", "build_augmentation", "CropStream"]
+__all__ = ["CropOrigin", "CropBatch", "sample_crop", "build_augmentation", "CropStream"]
+
+
+@dataclass(frozen=True)
+class CropOrigin:
+    """Where a training crop came from, before augmentation.
+
+    Attributes:
+        case_id: the datastore's case id.
+        box: (start, stop) voxel indices per axis (k, j, i) on the case's planned (cached) grid; the part of the
+            crop that lies inside the volume (a volume smaller than the patch is padded around it).
+    """
+
+    case_id: str
+    box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+    def slices(self) -> tuple[slice, slice, slice]:
+        """The box as array slices (k, j, i)."""
+        return tuple(slice(start, stop) for start, stop in self.box)  # type: ignore[return-value]
+
+
+class CropBatch(NamedTuple):
+    """One training batch: (B, 1, k, j, i) float32 images, (B, 1, k, j, i) int64 labels, and each crop's origin."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    origins: tuple[CropOrigin, ...]
 
 
 def _volume_normaliser(case: CachedCase, plan: Plan) -> tuple[float | None, float | None]:
@@ -43,8 +74,8 @@ def _volume_normaliser(case: CachedCase, plan: Plan) -> tuple[float | None, floa
 
 
 def sample_crop(case: CachedCase, plan: Plan, rng: np.random.Generator,
-                foreground_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """One normalised (image, label) crop of ``plan.patch_size`` from a cached case, (k, j, i) each.
+                foreground_fraction: float) -> tuple[np.ndarray, np.ndarray, CropOrigin]:
+    """One normalised (image, label) crop of ``plan.patch_size`` from a cached case, (k, j, i) each, and its origin.
 
     Args:
         case: the cached case with its label (expert, accepted or pseudo).
@@ -78,7 +109,8 @@ def sample_crop(case: CachedCase, plan: Plan, rng: np.random.Generator,
     label = np.zeros(patch, dtype=np.uint8)
     image[target] = normalise(np.asarray(case.image[source]), plan, mean, sd)
     label[target] = np.asarray(label_volume[source])
-    return image, label
+    box = tuple((int(s.start), int(s.stop)) for s in source)
+    return image, label, CropOrigin(case.case_id, box)  # type: ignore[arg-type]
 
 
 def build_augmentation(plan: Plan) -> Compose:
@@ -104,7 +136,7 @@ def build_augmentation(plan: Plan) -> Compose:
 
 
 class CropStream(IterableDataset):
-    """An endless stream of augmented batches ``(images, labels)``: (B, 1, k, j, i) float32 and int64 tensors.
+    """An endless stream of augmented :class:`CropBatch` es: (B, 1, k, j, i) float32 images and int64 labels.
 
     Args:
         cases: cached cases to draw from (uniformly).
@@ -123,19 +155,20 @@ class CropStream(IterableDataset):
         self.cases, self.plan, self.batch_size, self.seed = cases, plan, batch_size, seed
         self.foreground_fraction, self.augment = foreground_fraction, augment
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[CropBatch]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, worker])
         augmentation = build_augmentation(self.plan).set_random_state(seed=(self.seed * 7919 + worker) % 2**32)
         while True:
-            images, labels = [], []
+            images, labels, origins = [], [], []
             for index in rng.integers(0, len(self.cases), self.batch_size):
                 case = self.cases[int(index)]
-                image, label = sample_crop(case, self.plan, rng, self.foreground_fraction)
+                image, label, origin = sample_crop(case, self.plan, rng, self.foreground_fraction)
+                origins.append(origin)
                 item = {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label.astype(np.float32))[None]}
                 if self.augment:
                     item = augmentation(item)
                 images.append(torch.as_tensor(item["image"]).float())
                 labels.append(torch.as_tensor(item["label"]).round().long())
-            yield torch.stack(images), torch.stack(labels)
+            yield CropBatch(torch.stack(images), torch.stack(labels), tuple(origins))

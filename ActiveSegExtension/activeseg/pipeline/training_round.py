@@ -56,11 +56,11 @@ from activeseg.model.plan import (
 )
 from activeseg.model.predictor import Predictor, load_checkpoint, predict_heads, save_checkpoint, select_device
 from activeseg.model.preprocessing import normalise, pad_value
-from activeseg.model.sampling import CropStream
+from activeseg.model.sampling import CropOrigin, CropStream
 from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, ModelRecord
 
 __all__ = [
-    "TrainingData", "ProgressCallback", "load_training_data", "plan_round", "round_steps", "validation_dice",
+    "TrainingData", "ProgressCallback", "WeightObserver", "load_training_data", "plan_round", "round_steps", "validation_dice",
     "train_model", "train_round", "RoundResult", "round_message",
 ]
 
@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 # Receives progress events; returning False asks to cancel.
 ProgressCallback = Callable[[dict[str, Any]], "bool | None"]
+# Receives one ALNT step's pseudo-labelled crops and their final weights, (B,) float32 in the same order.
+WeightObserver = Callable[[tuple[CropOrigin, ...], np.ndarray], None]
 
 
 @dataclass
@@ -279,6 +281,7 @@ def train_model(
     device: torch.device,
     progress: ProgressCallback | None = None,
     seed: int = 0,
+    weight_observer: WeightObserver | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place for ``steps`` optimiser steps; keep the weights with the best validation Dice.
 
@@ -286,6 +289,7 @@ def train_model(
     ``alnt.pseudo_batch_size`` pseudo crops: with ALNT on, their per-sample losses are weighted by ALNT
     (:func:`activeseg.method.alnt.alnt_backward`, fused with the expert backward when dropout is 0); with ALNT off
     they join the batch at the experts' weight. Validation runs ``epochs`` times, evenly spaced.
+    ``weight_observer``, when given, receives every ALNT step's pseudo crops (their origins) and final weights.
 
     Returns:
         Metrics: loss and validation history (per epoch), best epoch, ALNT weight statistics, seconds per phase.
@@ -324,20 +328,24 @@ def train_model(
         epoch_losses = []
         phase_started = time.perf_counter()
         for step in range(1, steps_per_epoch + 1):
-            images, labels = (t.to(device, non_blocking=True) for t in next(experts))
+            expert_batch = next(experts)
+            images, labels = (t.to(device, non_blocking=True) for t in expert_batch[:2])
             step_stats: dict[str, float] = {}
             optimiser.zero_grad(set_to_none=True)
             if pseudo is not None and use_alnt:
                 # Fused step: the expert backward doubles as ALNT's reference gradient g. Full precision
                 # (forward-mode AD is not validated under autocast).
-                pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in next(pseudo))
+                pseudo_batch = next(pseudo)
+                pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in pseudo_batch[:2])
                 fused = alnt_backward(model, images, labels, pseudo_images, pseudo_labels, config.alnt,
                                       pseudo_scale=share, loss=loss_fn)
                 loss, step_stats = fused.loss, fused.alnt.stats
                 alnt_history.append(step_stats)
+                if weight_observer is not None:
+                    weight_observer(pseudo_batch.origins, fused.alnt.weights.detach().float().cpu().numpy())
             else:
                 if pseudo is not None:  # ALNT off: pseudo-labelled crops join the batch at the experts' weight
-                    pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in next(pseudo))
+                    pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in next(pseudo)[:2])
                     images, labels = torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_labels])
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
                     loss = loss_fn.mean(model(images), labels)
@@ -400,7 +408,8 @@ def _notify(progress: ProgressCallback | None, event: dict[str, Any]) -> None:
         raise TrainingCancelled("training cancelled")
 
 
-def train_round(store: Datastore, progress: ProgressCallback | None = None) -> RoundResult:
+def train_round(store: Datastore, progress: ProgressCallback | None = None,
+                weight_observer: WeightObserver | None = None) -> RoundResult:
     """Train one round and register its model as a new, active version, unless the parent scores higher on the
     validation split: then nothing is registered and the parent stays active (``result.registered`` is False).
 
@@ -449,7 +458,8 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None) -> R
         round_index, len(data.experts), len(data.pseudo), len(data.validation), planned_epochs * steps_per_epoch,
         "warm start" if warm else "from scratch", device, plan.patch_size, plan.target_spacing,
     )
-    metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=settings.seed + round_index)
+    metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=settings.seed + round_index,
+                          weight_observer=weight_observer)
     metrics["phase_seconds"]["preprocess"] = preprocess_seconds
     kept_parent = False
     if parent is not None and data.validation and settings.keep_better_parent:
