@@ -1,7 +1,8 @@
-"""Ranking cost per volume: DSAL (one deterministic pass, M-DSC) vs MC-dropout predictive entropy (T passes).
+"""Ranking cost per volume: DSAL (one deterministic pass, M-DSC), predictive entropy (one deterministic pass) and
+MC-dropout predictive entropy (T passes).
 
-Same network and volumes for both: the DSAL U-Net of the hippocampus experiment (channels 4,8,16,32,
-sliding window 40x56x40 (k, j, i), one CPU thread), on hippocampus MRI volumes from ``../shared/data``
+Same network and volumes for all: the U-Net of the issue-11 label-efficiency campaign (channels 8,16,32,64,
+sliding window 32x48x32 (k, j, i), one CPU thread), on hippocampus MRI volumes from ``../shared/data``
 when present, otherwise on generated phantoms of the hippocampus' mean size (36x50x35). The weights are
 a fresh initialisation: the cost of a forward pass does not depend on the weights' values.
 
@@ -10,6 +11,8 @@ hits every method alike):
 
 * DSAL: one :meth:`activeseg.model.predictor.Predictor.predict` pass plus :func:`activeseg.pipeline.ranking_round.score_case`
   (three argmaxes, two Dice agreements, confidence).
+* Entropy: one :meth:`~activeseg.model.predictor.Predictor.predict` pass and the main head's mean voxel entropy, as
+  the ``entropy`` strategy runs it.
 * MC-dropout, T passes, as the ``mc-dropout`` strategy runs it (a three-head ``Predictor`` pass each: also computes
   the auxiliary heads' softmax, which MC-dropout does not need).
 * MC-dropout, T passes, main head only (a leaner implementation: MONAI's sliding window over the main
@@ -37,8 +40,8 @@ from activeseg.experiments.strategies import mc_mean_probabilities, predictive_e
 __all__ = ["run"]
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus_mri"
-CHANNELS = (4, 8, 16, 32)
-PATCH = (40, 56, 40)
+CHANNELS = (8, 16, 32, 64)
+PATCH = (32, 48, 32)
 NUM_CLASSES = 3
 PASSES = 10
 
@@ -84,12 +87,15 @@ def run(quick: bool) -> str:
         predictor = Predictor(model, plan, torch.device("cpu"), amp=False)
         volumes, description = _volumes(4 if quick else 16)
         predictor.predict(volumes[0], on_source_grid=False)  # warm-up (allocator, MONAI imports)
-        times: dict[str, list[float]] = {"dsal": [], "mc": [], "mc_main": []}
+        times: dict[str, list[float]] = {"dsal": [], "entropy": [], "mc": [], "mc_main": []}
         for volume in volumes:
             model.eval()
             started = time.perf_counter()
             score_case("v", predictor.predict(volume, on_source_grid=False), NUM_CLASSES)
             times["dsal"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            predictive_entropy(predictor.predict(volume, on_source_grid=False).main)
+            times["entropy"].append(time.perf_counter() - started)
             enable_mc_dropout(model)
             started = time.perf_counter()
             predictive_entropy(mc_mean_probabilities(predictor, volume, PASSES))
@@ -102,6 +108,7 @@ def run(quick: bool) -> str:
     dsal = float(np.mean(times["dsal"]))
     rows = [
         ("DSAL M-DSC (1 deterministic pass, 3 heads)", dsal),
+        ("Predictive entropy (1 deterministic pass, as the entropy strategy)", float(np.mean(times["entropy"]))),
         (f"MC-dropout entropy, T={PASSES} (as the mc-dropout strategy: a three-head pass each)", float(np.mean(times["mc"]))),
         (f"MC-dropout entropy, T={PASSES}, main head only", float(np.mean(times["mc_main"]))),
     ]
@@ -111,7 +118,7 @@ def run(quick: bool) -> str:
         "| ranking | ms / volume | sd (ms) | cost vs DSAL |",
         "|---|---:|---:|---:|",
     ]
-    keys = ["dsal", "mc", "mc_main"]
+    keys = ["dsal", "entropy", "mc", "mc_main"]
     for (name, seconds), key in zip(rows, keys):
         lines.append(f"| {name} | {seconds * 1000:.0f} | {np.std(times[key]) * 1000:.0f} | {seconds / dsal:.1f}x |")
     return "\n".join(lines)
