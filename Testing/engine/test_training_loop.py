@@ -127,9 +127,14 @@ def test_a_round_never_registers_weights_worse_than_its_parent(labelled_store: D
     store.config.training.steps_per_epoch = 4
     first = train_round(store)
     assert first.metrics["kept_parent"] is False
+    plan_file = store.meta_dir / "plan.json"
+    plan_before = plan_file.read_text()
     store.config.training.warm_start = warm_start
     store.config.training.learning_rate = 50.0  # a round that can only wreck the model
+    store.config.network.channels = (4, 8, 8)  # a from-scratch round plans other channels
     second = train_round(store)
+    # `activeseg status` shows plan.json: it must stay the active (parent) model's plan
+    assert plan_file.read_text() == plan_before
     assert second.metrics["warm_start"] is warm_start
     assert second.metrics["kept_parent"] is True
     assert second.metrics["parent_val_dice"]["mean"] > second.metrics["source_val_dice"]["mean"]
@@ -149,9 +154,9 @@ def test_warm_start_keeps_the_parents_plan_and_scratch_replans(labelled_store: D
     store.config.training.warm_start = False
     scratch = train_round(store)
     planned = json.loads((store.meta_dir / "plan.json").read_text())["plan"]
-    assert planned["channels"] == [4, 8, 8]
-    # what is registered is the new model, or its parent when the parent scored higher on validation
-    assert scratch.metrics["plan"]["channels"] == ([4, 8, 16, 16] if scratch.metrics["kept_parent"] else [4, 8, 8])
+    # what is registered (and shown as the plan) is the new model, or its parent when the parent scored higher
+    expected = [4, 8, 16, 16] if scratch.metrics["kept_parent"] else [4, 8, 8]
+    assert scratch.metrics["plan"]["channels"] == planned["channels"] == expected
 
 
 def test_a_pseudo_label_reviewed_while_a_round_starts_is_left_out(labelled_store: Datastore) -> None:

@@ -7,8 +7,9 @@ How a round runs:
    validation split's labelled cases (never trained on). Each is preprocessed once into the on-disk cache
    (:mod:`activeseg.model.case_cache`): resampled to the plan's spacing, foreground locations sampled.
 2. **Plan** (:mod:`activeseg.model.plan`): from the expert cases' fingerprint, with the user's explicit settings on
-   top; stored in the checkpoint and in ``STORE/.activeseg/plan.json`` (``activeseg status`` shows it). A
-   warm-started round keeps its parent's plan (the weights are tied to it).
+   top; stored in the checkpoint and, once the round registers its model, in ``STORE/.activeseg/plan.json``
+   (``activeseg status`` shows it: a round that keeps its parent leaves the parent's plan there). A warm-started
+   round keeps its parent's plan (the weights are tied to it).
 3. **Budget**: ``steps_base + steps_per_label * labelled volumes`` optimiser steps (at most ``max_steps``), so a
    round grows with what the radiologist has labelled; validated ``epochs`` times evenly over the round.
 4. **Optimiser**: AdamW with linear warm-up and cosine decay (default) or SGD with Nesterov momentum and poly
@@ -172,9 +173,14 @@ def load_training_data(store: Datastore, spacing: tuple[float, float, float]) ->
 
 
 def plan_round(store: Datastore, data: TrainingData, spacing: tuple[float, float, float], device: torch.device,
-               geometries: dict[str, Geometry]) -> Plan:
+               geometries: dict[str, Geometry]) -> tuple[Plan, dict[str, Any]]:
     """The plan of a round trained from scratch: fingerprint of the expert cases (their source ``geometries``, from
-    :func:`_expert_geometries`), then the user's overrides."""
+    :func:`_expert_geometries`), then the user's overrides.
+
+    Returns:
+        The plan and the content of ``plan.json`` (plan and fingerprint summary), which :func:`train_round` writes
+        only when it registers the model trained with this plan (``activeseg status`` shows the active model's).
+    """
     config = store.config
     statistics = []
     for case in data.experts:
@@ -190,11 +196,11 @@ def plan_round(store: Datastore, data: TrainingData, spacing: tuple[float, float
                      max_channels=config.network.max_channels, batch_size=config.training.batch_size, mirror_axes=mirror)
     plan.target_spacing = spacing
     plan = override_plan(plan, patch_size=config.training.patch_size, channels=config.network.channels)
-    atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(
-        {"plan": plan.to_dict(), "fingerprint": {k: v for k, v in fingerprint.to_dict().items() if k not in ("spacings", "shapes")}
-         | {"median_spacing": np.median(fingerprint.spacings, axis=0).tolist(),
-            "median_shape": np.median(fingerprint.shapes, axis=0).tolist()}}, indent=2)))
-    return plan
+    summary = {k: v for k, v in fingerprint.to_dict().items() if k not in ("spacings", "shapes")} | {
+        "median_spacing": np.median(fingerprint.spacings, axis=0).tolist(),
+        "median_shape": np.median(fingerprint.shapes, axis=0).tolist(),
+    }
+    return plan, {"plan": plan.to_dict(), "fingerprint": summary}
 
 
 def round_steps(config: Config, n_labelled: int) -> int:
@@ -442,8 +448,9 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     data = load_training_data(store, spacing)
     if not data.experts:  # every expert label changed while the round started
         raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
+    plan_record: dict[str, Any] | None = None  # plan.json of a from-scratch round, written if it registers
     if not warm:
-        plan = plan_round(store, data, spacing, device, geometries)
+        plan, plan_record = plan_round(store, data, spacing, device, geometries)
         torch.manual_seed(settings.seed + round_index)
         model = build_network(config.num_classes, plan.channels, config.network.dropout, strides=plan.strides).to(device)
     preprocess_seconds = time.perf_counter() - started
@@ -505,5 +512,7 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
         record = store.add_model(Path(temp_name), metrics, parent)
     finally:
         Path(temp_name).unlink(missing_ok=True)
+    if plan_record is not None:
+        atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(plan_record, indent=2)))
     logger.info("round %d: model v%d, validation Dice %s", round_index, record.version, metrics["val_dice"].get("mean"))
     return RoundResult(record, record.metrics, registered=True)
