@@ -215,7 +215,8 @@ def test_init_reports_each_problem_once_and_counts_them(phantom_source: Path, tm
     lines = result.stderr.splitlines()
     for name in ("phantom_001.nii.gz", "phantom_002.nii.gz"):
         assert sum(name in line for line in lines) == 1, result.stderr
-    assert result.stderr.count("Created ") == 1 and "2 problem(s) listed above" in result.stderr
+    assert "label of phantom_002 not imported: its image was not imported" in result.stderr  # item 6: named too
+    assert result.stderr.count("Created ") == 1 and "3 problem(s) listed above" in result.stderr
 
 
 def test_a_store_without_validation_split_gets_advice(phantom_source: Path, tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ class Datastore:
         config: Config,
         labels: dict[str, Path] | None = None,
         seed: int = 0,
+        inspected: bool = False,
     ) -> tuple[Datastore, list[str]]:
         """Create a datastore from image files, drawing the fixed validation split once.
 
@@ -80,6 +81,7 @@ class Datastore:
             config: settings to store (labels, val_fraction, ...).
             labels: optional case id -> label path, imported as expert labels (empty = "no finding").
             seed: seed of the validation split.
+            inspected: the images passed :func:`~activeseg.store.importing.inspect_images` already (not read again).
 
         Returns:
             The datastore and the list of problems (one human sentence per skipped file).
@@ -87,7 +89,7 @@ class Datastore:
         Raises:
             DatastoreError: ``root`` is already a datastore, or no image could be imported.
         """
-        imported, problems = import_images(Database.at(root), images, config, seed)
+        imported, problems = import_images(Database.at(root), images, config, seed, inspected)
         store = cls(root)
         problems += import_labels(store.label_store, labels or {}, imported)
         return store, problems
