@@ -220,16 +220,24 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _fillTable(table: Any, rows: list[Any]) -> None:
+        # Column 0 shows the row's name (a display name may be shared by two series); the case id rides along.
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, text in enumerate(row.cells()):
-                table.setItem(r, c, qt.QTableWidgetItem(text))
+                item = qt.QTableWidgetItem(text)
+                if c == 0:
+                    item.setData(qt.Qt.UserRole, row.case_id)
+                    item.setToolTip(row.case_id)
+                table.setItem(r, c, item)
 
     @staticmethod
-    def _selectedCase(table: Any) -> str:
-        row = table.currentRow()
+    def _caseOfRow(table: Any, row: int) -> str:
         item = table.item(row, 0) if row >= 0 else None
-        return item.text() if item is not None else ""
+        return str(item.data(qt.Qt.UserRole) or "") if item is not None else ""
+
+    @classmethod
+    def _selectedCase(cls, table: Any) -> str:
+        return cls._caseOfRow(table, table.currentRow())
 
     def _show(self, volume: Any, segmentation: Any) -> None:
         self._parameterNode.currentVolume = volume
@@ -308,15 +316,15 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   onDone=self._onCaseFetched, busy=f"Skipping {cases.current.case_id}...")
 
     def onQueueDoubleClicked(self, row: int, column: int) -> None:
-        item = self.ui.queueTable.item(row, 0)
-        if item is None:
+        caseId = self._caseOfRow(self.ui.queueTable, row)
+        if not caseId:
             return
         cases = self.logic.cases
         if cases.has_unsaved_edits() and not self._confirmDiscard(f"Case {cases.current.case_id}"):
             return
         previous = cases.current.case_id if cases.current is not None and cases.current.annotator else None
-        self._run(cases.fetch_chosen_case, item.text(), self._parameterNode.annotator, previous,
-                  onDone=self._onCaseFetched, busy=f"Loading {item.text()}...")
+        self._run(cases.fetch_chosen_case, caseId, self._parameterNode.annotator, previous,
+                  onDone=self._onCaseFetched, busy=f"Loading {caseId}...")
 
     def _onCaseFetched(self, download: Any) -> None:
         if download is None:

@@ -11,11 +11,15 @@ import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["SHARED_DATA", "TOTALSEG_DICOM", "DCMQI", "write_ct_series", "repaired_totalsegmentator_series"]
+__all__ = ["SHARED_DATA", "TOTALSEG_DICOM", "DCMQI", "PHI_VALUES", "write_ct_series", "repaired_totalsegmentator_series",
+           "named_series_folder"]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOTALSEG_DICOM = SHARED_DATA / "totalsegmentator_ct" / "example_ct_dicom"
 DCMQI = SHARED_DATA / "dcmqi_ct_dicomseg"
+#: Patient name, id and birth date that :func:`named_series_folder` writes into its synthetic headers: tests check
+#: that none reaches a display name, a response or a log.
+PHI_VALUES = ("Doe^Jane", "PID-4711-X", "19510203")
 
 
 def write_ct_series(
@@ -104,3 +108,28 @@ def repaired_totalsegmentator_series(folder: Path) -> Path:
         ds.PatientID = "TOTALSEG-EXAMPLE"
         ds.save_as(folder / path.name, enforce_file_format=True)
     return folder
+
+
+def named_series_folder(folder: Path) -> set[str | None]:
+    """A DICOM folder of three CT series, for display-name tests (needs ../shared/data: callers skip without it).
+
+    ``totalseg/``: the shared 20-slice TotalSegmentator series (SeriesDescription "CT Body 3.0", StudyDate
+    20221208); ``named/``: a synthetic series ("Synthetic CT", 20240102); ``nameless/``: a synthetic series with
+    neither SeriesDescription nor StudyDate. Both synthetic series carry :data:`PHI_VALUES` as PatientName,
+    PatientID and PatientBirthDate.
+
+    Returns:
+        The display names the three cases should get (``None`` for the nameless one).
+    """
+    import shutil
+
+    shutil.copytree(TOTALSEG_DICOM, folder / "totalseg")
+    for name, seed in (("named", 1), ("nameless", 2)):
+        _, paths = write_ct_series(folder / name, seed=seed)
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            ds.PatientName, ds.PatientID, ds.PatientBirthDate = PHI_VALUES
+            if name == "nameless":
+                del ds.SeriesDescription, ds.StudyDate
+            ds.save_as(path, enforce_file_format=True)
+    return {"CT Body 3.0 2022-12-08", "Synthetic CT 2024-01-02", None}

@@ -59,10 +59,15 @@ class QueueRow:
         """The case's state."""
         return self.case.state
 
+    @property
+    def name(self) -> str:
+        """The case as the table shows it: its display name (series description, study date), else its id."""
+        return self.case.name
+
     def cells(self) -> tuple[str, str, str, str]:
-        """The table's text cells: case, M-DSC (3 decimals or an em dash), route, state."""
+        """The table's text cells: case (:attr:`name`), M-DSC (3 decimals or an em dash), route, state."""
         mdsc = "\u2014" if self.case.mdsc is None else f"{self.case.mdsc:.3f}"
-        return self.case.case_id, mdsc, self.case.route or "\u2014", self.case.state
+        return self.name, mdsc, self.case.route or "\u2014", self.case.state
 
 
 @dataclass(frozen=True)
@@ -70,13 +75,14 @@ class ReviewRow(QueueRow):
     """One row of the review table: a pending pseudo-label, or an accepted one that can be re-opened."""
 
     def cells(self) -> tuple[str, ...]:  # type: ignore[override]
-        """case, M-DSC, confidence (the model's, 0-1), predicted foreground (ml), state; an em dash when unknown."""
+        """case (:attr:`name`), M-DSC, confidence (the model's, 0-1), predicted foreground (ml), state; an em dash
+        when unknown."""
         case = self.case
 
         def number(value: float | None, digits: int) -> str:
             return "\u2014" if value is None else f"{value:.{digits}f}"
 
-        return case.case_id, number(case.mdsc, 3), number(case.confidence, 3), number(case.foreground_ml, 1), case.state
+        return self.name, number(case.mdsc, 3), number(case.confidence, 3), number(case.foreground_ml, 1), case.state
 
 
 @dataclass

@@ -119,10 +119,13 @@ class Case:
         lease_holder / lease_expires: who holds it until when (POSIX s), if anyone.
         mdsc: M-DSC under the active model (low = uncertain). confidence: mean max-softmax in [0, 1].
         foreground_ml: predicted foreground volume, ml. route: ``strong``, ``weak`` or ``None`` before ranking.
+        display_name: a name the annotator recognises (DICOM datastores: series description and study date), or
+            ``None``; never patient name, id or birth date. Shown, never logged (it may identify a visit).
     """
 
     case_id: str
     state: str
+    display_name: str | None = None
     split: str = "train"
     has_label: bool = False
     label_source: str | None = None
@@ -135,6 +138,11 @@ class Case:
     confidence: float | None = None
     foreground_ml: float | None = None
     route: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What the queue and review tables show: the display name, else the case id."""
+        return self.display_name or self.case_id
 
     @classmethod
     def from_json(cls, data: Any) -> Case:

@@ -30,22 +30,22 @@ def list_cases(
     split: str | None = Query(None, pattern="^(train|val)$", description="only this split"),
     context: ServerContext = Depends(get_context),
 ) -> CaseListOut:
-    """Cases ordered by id, with M-DSC, confidence and route under the active model."""
+    """Cases ordered by id, with M-DSC, confidence and route under the active model, and display names."""
     store = context.store
     if state is not None and state not in STATES:
         raise CaseStateError(f"unknown state {state!r}; use one of {list(STATES)}")
-    scores = store.scores()
+    scores, names = store.scores(), context.display_names()
     return CaseListOut(
         active_model=store.active_version(),
-        cases=[case_out(record, scores.get(record.case_id)) for record in store.cases(state=state, split=split)],
+        cases=[case_out(record, scores.get(record.case_id), names.get(record.case_id))
+               for record in store.cases(state=state, split=split)],
     )
 
 
 @router.get("/{case_id}", response_model=CaseOut, summary="One case")
 def get_case(case_id: str, context: ServerContext = Depends(get_context)) -> CaseOut:
     """One case with its scores under the active model."""
-    record = context.store.case(case_id)
-    return case_out(record, context.store.scores().get(case_id))
+    return context.case_view(context.store.case(case_id))
 
 
 @router.get("/{case_id}/image", response_class=FileResponse, responses=_BINARY, summary="The image file's bytes")
@@ -142,13 +142,13 @@ def lease_case(
     """Lease a case to ``annotator`` for ``lease_seconds``. 409 ``leased`` when someone else holds it; 409 for a
     labelled or accepted case unless ``reopen=true`` (its label is then served by ``GET .../label`` to edit, and
     a submission replaces it)."""
-    return case_out(context.store.lease(case_id, annotator, reopen), context.store.scores().get(case_id))
+    return context.case_view(context.store.lease(case_id, annotator, reopen))
 
 
 @router.delete("/{case_id}/lease", response_model=CaseOut, summary="Release a lease")
 def release_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> CaseOut:
     """Give a lease back so the case can be served to another annotator."""
-    return case_out(context.store.release(case_id, annotator), context.store.scores().get(case_id))
+    return context.case_view(context.store.release(case_id, annotator))
 
 
 
@@ -157,4 +157,4 @@ def release_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContex
 def skip_case(case_id: str, annotator: str = ANNOTATOR, context: ServerContext = Depends(get_context)) -> CaseOut:
     """Release ``annotator``'s lease; ``POST /v1/queue/next`` then serves them every other case before this one.
     409 ``leased`` when someone else holds it, 409 when the case is already labelled."""
-    return case_out(context.store.skip(case_id, annotator), context.store.scores().get(case_id))
+    return context.case_view(context.store.skip(case_id, annotator))

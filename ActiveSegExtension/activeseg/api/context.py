@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from activeseg.store.datastore import Datastore
+from activeseg.store.datastore import CaseRecord, Datastore
 from activeseg.jobs.runner import JobRunner, JobTable
+from .schemas import CaseOut, case_out
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_DECODED_BYTES", "ServerContext", "get_context"]
 
@@ -39,6 +40,18 @@ class ServerContext:
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     _device: str | None = field(default=None, repr=False)
     _device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def display_names(self) -> dict[str, str]:
+        """Case id -> a name the annotator recognises, for the cases whose datastore records one (DICOM-derived:
+        series description and study date); empty for a plain file datastore. One small query per call, so
+        routers ask once per request. The names may identify a visit: they go into responses, never into logs."""
+        from activeseg.store.dicom_index import DicomIndex  # pydicom: loaded on first use, not at server start
+
+        return DicomIndex(self.store.meta_dir).display_names()
+
+    def case_view(self, record: CaseRecord) -> CaseOut:
+        """API view of one case: with its scores under the active model and its display name."""
+        return case_out(record, self.store.scores().get(record.case_id), self.display_names().get(record.case_id))
 
     def device(self) -> str:
         """Where jobs run, detected once. Imports torch lazily: the server itself never needs it otherwise."""

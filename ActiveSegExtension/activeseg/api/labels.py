@@ -16,7 +16,7 @@ from activeseg.io.uploads import read_label_upload
 from .cases import ANNOTATOR
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
-from .schemas import CaseOut, ErrorOut, case_out
+from .schemas import CaseOut, ErrorOut
 
 __all__ = ["router", "UploadTooLargeError"]
 
@@ -109,7 +109,7 @@ async def submit_label(
         )
     finally:
         spool.unlink(missing_ok=True)
-    return case_out(record, store.scores().get(case_id))
+    return context.case_view(record)
 
 
 REVIEWER = Query(None, min_length=1, max_length=128, description="the reviewer (required when the case is leased)")
@@ -124,7 +124,7 @@ def accept_pseudo(
     409 ``leased`` when someone other than ``annotator`` holds the case; 409 ``invalid_state`` when it has no
     pseudo-label or another request reviewed it meanwhile (only one verdict ever wins).
     """
-    return case_out(context.store.accept_pseudo(case_id, annotator), context.store.scores().get(case_id))
+    return context.case_view(context.store.accept_pseudo(case_id, annotator))
 
 
 @router.post("/{case_id}/pseudo/reject", response_model=CaseOut, summary="Reject a pseudo-label")
@@ -135,4 +135,4 @@ def reject_pseudo(
 
     409 ``leased`` when someone other than ``annotator`` holds the case.
     """
-    return case_out(context.store.reject_pseudo(case_id, annotator), context.store.scores().get(case_id))
+    return context.case_view(context.store.reject_pseudo(case_id, annotator))

@@ -16,9 +16,11 @@ router = APIRouter(prefix="/queue", tags=["queue"], responses=ERROR_RESPONSES)
 
 @router.get("", response_model=QueueOut, summary="The strong queue, most uncertain first")
 def get_queue(context: ServerContext = Depends(get_context)) -> QueueOut:
-    """Queued cases by ascending M-DSC under the active model, each with its lease holder (if leased)."""
-    store = context.store
-    items = [QueueItem(rank=n, case=case_out(record, score)) for n, (record, score) in enumerate(store.queue(), start=1)]
+    """Queued cases by ascending M-DSC under the active model, each with its lease holder (if leased) and its
+    display name (where the datastore has one)."""
+    store, names = context.store, context.display_names()
+    items = [QueueItem(rank=n, case=case_out(record, score, names.get(record.case_id)))
+             for n, (record, score) in enumerate(store.queue(), start=1)]
     return QueueOut(active_model=store.active_version(), items=items)
 
 
@@ -28,8 +30,5 @@ def lease_next(annotator: str = ANNOTATOR, context: ServerContext = Depends(get_
 
     ``case`` is null when every queued case is leased by others or the queue is empty.
     """
-    store = context.store
-    record = store.lease_next(annotator)
-    if record is None:
-        return NextOut(case=None)
-    return NextOut(case=case_out(record, store.scores().get(record.case_id)))
+    record = context.store.lease_next(annotator)
+    return NextOut(case=None if record is None else context.case_view(record))

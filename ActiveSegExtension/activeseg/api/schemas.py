@@ -79,6 +79,9 @@ class CaseOut(BaseModel):
     """One case with its scores under the active model (null before ranking)."""
 
     case_id: str
+    display_name: str | None = Field(
+        None, description="a name the annotator recognises where the datastore has one (DICOM: series description "
+        "and study date), else null (show case_id); never patient name, id or birth date")
     split: str
     state: str
     has_label: bool
@@ -222,9 +225,10 @@ class CurveOut(BaseModel):
     points: list[CurvePoint]
 
 
-def case_out(record: CaseRecord, score: ScoreRecord | None = None) -> CaseOut:
-    """API view of a case."""
+def case_out(record: CaseRecord, score: ScoreRecord | None = None, display_name: str | None = None) -> CaseOut:
+    """API view of a case (``display_name``: see :meth:`ServerContext.display_names`)."""
     data = record.to_json()
+    data["display_name"] = display_name or None
     if score is not None:
         data.update(mdsc=score.mdsc, confidence=score.confidence, foreground_ml=score.foreground_ml, route=score.route)
     return CaseOut(**data)

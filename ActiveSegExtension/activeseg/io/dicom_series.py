@@ -42,6 +42,7 @@ __all__ = [
     "SkippedSeries",
     "DicomScan",
     "is_dicom_file",
+    "display_name_of",
     "read_instance_header",
     "assemble_series",
     "scan_dicom_folder",
@@ -193,10 +194,19 @@ class DicomSeries:
     @property
     def display_name(self) -> str:
         """A name a radiologist recognises (series description and study date), for the queue only."""
-        date = self.study_date
-        if len(date) == 8 and date.isdigit():
-            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-        return " ".join(part for part in (self.description.strip(), date) if part) or self.case_id
+        return display_name_of(self.description, self.study_date) or self.case_id
+
+
+def display_name_of(description: str, study_date: str) -> str:
+    """"<SeriesDescription> <StudyDate as YYYY-MM-DD>", or "" when the series has neither.
+
+    Built only from these two attributes, never from patient name, id or birth date; still, it may identify a
+    visit, so it is shown to the annotator and never logged.
+    """
+    date = study_date.strip()
+    if len(date) == 8 and date.isdigit():
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    return " ".join(part for part in (description.strip(), date) if part)
 
 
 @dataclass(frozen=True)

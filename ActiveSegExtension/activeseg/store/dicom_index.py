@@ -24,7 +24,7 @@ import pydicom
 
 from activeseg.io.atomic import atomic_write
 from activeseg.io.dicom_seg import read_dicom_seg
-from activeseg.io.dicom_series import DicomSeries
+from activeseg.io.dicom_series import DicomSeries, display_name_of
 from activeseg.io.volumes import Geometry, Volume
 from activeseg.store.case_ids import validate_case_id
 from activeseg.store.sqlite_tx import transaction
@@ -155,17 +155,18 @@ class DicomIndex:
         return [] if series is None else [pydicom.dcmread(path) for path in series.files]
 
     def display_names(self) -> dict[str, str]:
-        """Case id -> a name a radiologist recognises (series description, study date). For the queue
-        shown to the annotator only: it may identify a visit, so it is never logged."""
-        with transaction(self.path) as connection:
-            rows = connection.execute("SELECT case_id FROM series").fetchall()
-        names = {}
-        for row in rows:
-            series = self.series(row["case_id"])
-            if series is not None:
-                names[row["case_id"]] = series.display_name
-        return names
+        """Case id -> a name a radiologist recognises (series description, study date), for the cases that have
+        either (one query; cases with neither are left out, so callers fall back to the case id).
 
+        For the queue shown to the annotator only: it may identify a visit, so it is never logged. It never
+        contains patient name, id or birth date (only the two attributes above are read).
+        """
+        if not self.exists():
+            return {}
+        with transaction(self.path) as connection:
+            rows = connection.execute("SELECT case_id, description, study_date FROM series").fetchall()
+        names = {row["case_id"]: display_name_of(row["description"], row["study_date"]) for row in rows}
+        return {case_id: name for case_id, name in names.items() if name}
 
 def label_from_dicom_seg(meta_dir: Path, case_id: str, seg: Path | pydicom.Dataset, labels: dict[int, str]) -> Volume:
     """A DICOM SEG given as a case's label, mapped onto the case's series grid (LPS, (k, j, i) uint8).
