@@ -316,7 +316,8 @@ class ActiveSegClient:
             data: the label file's bytes, on exactly the case image's grid.
             annotator: who labelled it (must hold the lease if anyone does).
             no_finding: the case has nothing to segment; an all-background label is intended.
-            file_format: ``.seg.nrrd`` (default), ``.nii.gz``, ``.nii`` or ``.nrrd``.
+            file_format: ``.seg.nrrd`` (default), ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.dcm`` (a DICOM SEG over the
+                case's series, for cases imported from DICOM; the backend also recognises one by its content).
             timeout_s: override the client's timeout (the backend validates the file before answering).
 
         Returns:

@@ -46,7 +46,7 @@ FINISHED_JOB_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "int
 CASE_STATES: tuple[str, ...] = ("unlabeled", "queued", "labeled", "pseudo", "accepted", "rejected")
 
 #: Label upload formats ``PUT /v1/cases/{id}/label?format=`` accepts.
-UPLOAD_FORMATS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+UPLOAD_FORMATS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".dcm")
 
 #: Suffixes of the files the backend sends, longest first (so ``.seg.nrrd`` wins over ``.nrrd``).
 FILE_SUFFIXES: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")

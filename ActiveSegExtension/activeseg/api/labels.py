@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -18,11 +18,16 @@ from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
 from .schemas import CaseOut, ErrorOut
 
+if TYPE_CHECKING:
+    import pydicom
+
+    from activeseg.io.volumes import Volume
+
 __all__ = ["router", "UploadTooLargeError"]
 
 router = APIRouter(prefix="/cases", tags=["labels"], responses=ERROR_RESPONSES)
 
-UploadFormat = Literal[".nii.gz", ".nii", ".nrrd", ".seg.nrrd"]
+UploadFormat = Literal[".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".dcm"]
 
 
 class UploadTooLargeError(ActiveSegError):
@@ -36,7 +41,8 @@ _UPLOAD_DOC = {
     "requestBody": {
         "required": True,
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-        "description": "the label file's bytes: a labelmap (.nii.gz/.nii/.nrrd) or a Slicer .seg.nrrd",
+        "description": "the label file's bytes: a labelmap (.nii.gz/.nii/.nrrd), a Slicer .seg.nrrd, or a DICOM SEG "
+                       "(recognised by its content; cases imported from DICOM only) over the case's series",
     }
 }
 
@@ -45,8 +51,18 @@ def _store_label(
     store: Datastore, case_id: str, path: Path, file_format: str, no_finding: bool, annotator: str, max_decoded_bytes: int
 ) -> CaseRecord:
     """Decode the uploaded file (header checked first) and hand it to the datastore, which validates and writes it
-    atomically. The file keeps its voxel type, so non-integer values are caught by validation, not truncated."""
-    label = read_label_upload(path, file_format, store.config.labels, store.image_geometry(case_id), max_decoded_bytes)
+    atomically. The file keeps its voxel type, so non-integer values are caught by validation, not truncated.
+    A DICOM SEG is placed on the case's series grid through the datastore's DICOM index; one that does not fit
+    is refused before anything is written, so the case keeps what it had."""
+    labels = store.config.labels
+
+    def place_seg(seg: pydicom.Dataset) -> Volume:
+        from activeseg.store.dicom_index import label_from_dicom_seg  # the DICOM index: imported for a SEG only
+
+        return label_from_dicom_seg(store.meta_dir, case_id, seg, labels)
+
+    label = read_label_upload(path, file_format, labels, store.image_geometry(case_id), max_decoded_bytes,
+                              dicom_seg=place_seg)
     return store.submit_label(case_id, label, no_finding=no_finding, annotator=annotator)
 
 
@@ -72,6 +88,10 @@ async def submit_label(
     context: ServerContext = Depends(get_context),
 ) -> CaseOut:
     """Validate (geometry equal to the image's, values in the label set, non-empty unless ``no_finding``) and store.
+
+    A DICOM SEG body (any ``format``; ``.dcm`` to say so) is mapped onto the series of a case imported from DICOM;
+    422 ``geometry_mismatch`` names what does not match (another series or frame of reference, orientation,
+    spacing, matrix size, a frame off the grid).
 
     The case becomes ``labeled``; its lease and pseudo-label are cleared. Refused with 409 when another
     annotator holds the lease. Nothing is changed by a refused upload.
