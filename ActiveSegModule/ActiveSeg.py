@@ -57,7 +57,8 @@ trains a 3D network and ranks the cases it is least sure about.
 <code>activeseg</code> installed and a datastore folder (<code>activeseg init</code>) and Start local backend.</li>
 <li><b>Queue</b>: Next leases and loads the most uncertain case (lowest M-DSC).</li>
 <li><b>Segment</b>: correct or draw the segments; tick "No finding" for a case with nothing to label; Submit.</li>
-<li><b>Train</b>: Retrain starts a new model version and re-ranks the cases; the learning curve is plotted.</li>
+<li><b>Train</b>: Retrain starts a new model version and re-ranks the cases; the learning curve is plotted. Roll back
+makes a chosen version (listed with its validation Dice) active and re-ranks with it; Rank re-ranks with the active one.</li>
 <li><b>Review</b>: load a pseudo-label, then Accept, Reject, or edit it and Submit.</li>
 </ol>
 See <a href="https://github.com/activeseg/SlicerActiveSeg">the project page</a>.
@@ -132,6 +133,8 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.submitButton.clicked.connect(self.onSubmit)
         self.ui.retrainButton.clicked.connect(self.onRetrain)
         self.ui.cancelTrainingButton.clicked.connect(self.onCancelJob)
+        self.ui.rollbackButton.clicked.connect(self.onRollback)
+        self.ui.rankButton.clicked.connect(self.onRank)
         self.ui.refreshReviewButton.clicked.connect(self.onRefreshReview)
         self.ui.loadPseudoButton.clicked.connect(self.onLoadPseudo)
         self.ui.acceptPseudoButton.clicked.connect(lambda: self.onReviewDecision(accept=True))
@@ -288,6 +291,7 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"{counts.get('labeled', 0) + counts.get('accepted', 0)} of {counts.get('total', 0)} cases labelled")
         if info.running_job:
             self._watchJob(info.running_job)
+        self.onRefreshModels()
         self.onRefreshQueue()
         self.onRefreshReview()
 
@@ -389,9 +393,41 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainErrorLabel.text = ""
         self._run(self.logic.training.retrain, onDone=self._watchJob, busy="Starting training...")
 
+    def onRank(self) -> None:
+        self.ui.trainErrorLabel.text = ""
+        self._run(self.logic.training.rank, onDone=self._watchJob, busy="Starting ranking...")
+
+    def onRollback(self) -> None:
+        version = self.ui.modelComboBox.currentData
+        if version is None:
+            return
+        self.ui.trainErrorLabel.text = ""
+        self._run(self.logic.training.rollback, int(version), onDone=self._onRolledBack, busy="Rolling back...")
+
+    def _onRolledBack(self, activation: Any) -> None:
+        self.ui.trainStatusLabel.text = activation.message
+        if activation.rank_job is not None:
+            self._watchJob(activation.rank_job.job_id)
+        self.onRefreshModels()
+        self.onRefreshQueue()
+
+    def onRefreshModels(self) -> None:
+        self._run(self.logic.training.models, onDone=self._showModels)
+
+    def _showModels(self, models: Any) -> None:
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for version, text in self.logic.training.model_choices(models):
+            combo.addItem(text, version)
+        note = self.logic.training.queue_note(models)
+        if note and self._jobWatch is None:
+            self.ui.trainStatusLabel.text = note
+
     def _watchJob(self, jobId: str) -> None:
         self._jobWatch = JobWatch(jobId)
         self.ui.retrainButton.enabled = False
+        self.ui.rankButton.enabled = False
+        self.ui.rollbackButton.enabled = False
         self.ui.cancelTrainingButton.enabled = True
         self.ui.trainProgressBar.setRange(0, 100)
         self.ui.trainProgressBar.value = 0
@@ -401,6 +437,8 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.jobTimer.stop()
         self._jobWatch = None
         self.ui.retrainButton.enabled = True
+        self.ui.rankButton.enabled = True
+        self.ui.rollbackButton.enabled = True
         self.ui.cancelTrainingButton.enabled = False
         if message:
             self.ui.trainErrorLabel.text = message
@@ -435,6 +473,7 @@ class ActiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._stopWatching("" if job.status == "succeeded" else (job.error or f"job {job.status}"))
         self._run(self.logic.training.learning_curve, onDone=self._showLearningCurve)
+        self.onRefreshModels()
         self.onRefreshQueue()
         self.onRefreshReview()
 
@@ -574,8 +613,9 @@ class ActiveSegTest(ScriptedLoadableModuleTest):
                                  len(logic.session.client.models().models))
                 pending = logic.review.pending()
                 if not pending:  # this round routed nothing weak: roll back to v1 and rewrite its pseudo-labels
-                    logic.session.client.activate_model(1)
-                    training.wait_for_job(logic.session.client.start_pseudo_label().job_id, timeout_s=600)
+                    rolled = training.rollback(1)  # the backend re-ranks with v1, rewriting its pseudo-labels
+                    if rolled.rank_job is not None:
+                        training.wait_for_job(rolled.rank_job.job_id, timeout_s=600)
                     pending = logic.review.pending()
                 self.assertTrue(pending, "no pseudo-label to review")
                 overlay = logic.review.load_pseudo_label(pending[0].case_id)

@@ -35,7 +35,7 @@ from typing import Any
 
 from .errors import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError, ProtocolError
 from .protocol import API_PREFIX, UPLOAD_FORMATS, file_suffix
-from .responses import Case, CaseList, CurvePoint, Info, Job, ModelList, ModelVersion, Queue
+from .responses import Activation, Case, CaseList, CurvePoint, Info, Job, ModelList, ModelVersion, Queue
 
 __all__ = ["ActiveSegClient", "Download"]
 
@@ -399,9 +399,18 @@ class ActiveSegClient:
         """``GET /v1/models/{version}``: one model version. 404 ``model_version`` if unknown."""
         return ModelVersion.from_json(self._json("GET", f"/models/{int(version)}"))
 
-    def activate_model(self, version: int) -> ModelVersion:
-        """``POST /v1/models/{version}/activate``: make an existing version active (rollback)."""
-        return ModelVersion.from_json(self._json("POST", f"/models/{int(version)}/activate"))
+    def activate_model(self, version: int, rank: bool = True) -> Activation:
+        """``POST /v1/models/{version}/activate``: make an existing version active (rollback or roll forward).
+
+        Args:
+            version: the version.
+            rank: when the queue is not that version's, start a ranking job with it (``Activation.rank_job``).
+
+        Raises:
+            BackendRequestError: 404 ``model_version`` (unknown), 409 ``job_running`` (nothing changed).
+        """
+        return Activation.from_json(self._json("POST", f"/models/{int(version)}/activate",
+                                               params={"rank": bool(rank)}))
 
     def learning_curve(self) -> list[CurvePoint]:
         """``GET /v1/learning-curve``: one point per model version, oldest first (see :class:`CurvePoint`)."""

@@ -31,6 +31,7 @@ __all__ = [
     "Job",
     "ModelVersion",
     "ModelList",
+    "Activation",
     "CurvePoint",
 ]
 
@@ -337,12 +338,20 @@ class Job:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A model version (``GET /v1/models/{version}``): its parent, creation time (POSIX s) and round metrics."""
+    """A model version (``GET /v1/models/{version}``): its parent, creation time (POSIX s), validation Dice and
+    round metrics.
+
+    Attributes:
+        val_dice: mean Dice in [0, 1] on the fixed validation split, or ``None`` (no labelled validation case then).
+        val_dice_classes: validation Dice per class name.
+    """
 
     version: int
     active: bool
     parent: int | None = None
     created: float | None = None
+    val_dice: float | None = None
+    val_dice_classes: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -352,15 +361,42 @@ class ModelVersion:
 
 @dataclass(frozen=True)
 class ModelList:
-    """``GET /v1/models``: every version and the active one."""
+    """``GET /v1/models``: every version, the active one, and the one whose ranking chose the queue.
+
+    Attributes:
+        queue_stale: a model is active but the queue is another's picks (after a rollback without ranking, or a
+            round without ranking): offer Rank.
+    """
 
     active: int | None
     models: list[ModelVersion]
+    queue_model: int | None = None
+    queue_stale: bool = False
 
     @classmethod
     def from_json(cls, data: Any) -> ModelList:
         models = [ModelVersion.from_json(m) for m in _list(data, "models", "model list")]
         return _fields(cls, data, "model list", models=models)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """``POST /v1/models/{version}/activate``: the now-active version, the queue's state and the ranking job started
+    with it (``None`` when the queue was already its own, or ranking was not asked for)."""
+
+    model: ModelVersion
+    queue_stale: bool
+    message: str
+    queue_model: int | None = None
+    rank_job: Job | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Activation:
+        if not isinstance(data, Mapping):
+            raise ProtocolError("backend's activation answer is not a JSON object")
+        job = data.get("rank_job")
+        return _fields(cls, data, "activation", model=ModelVersion.from_json(data.get("model")),
+                       rank_job=Job.from_json(job) if job is not None else None)
 
 
 @dataclass(frozen=True)

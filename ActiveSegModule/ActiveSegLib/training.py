@@ -1,7 +1,9 @@
-"""The Logic's "Train" section: start a training round, follow and cancel its job, plot the learning curve.
+"""The Logic's "Train" section: start a training round or a ranking, follow and cancel its job, plot the learning
+curve, list the model versions with their validation Dice and roll back to one.
 
-Threading: ``retrain``, the job calls (``poll_job``, ``cancel_job``, ``wait_for_job``) and
-``learning_curve`` talk to the backend (worker thread); ``update_learning_curve_plot`` touches MRML (main thread).
+Threading: ``retrain``, ``rank``, ``models``, ``rollback``, the job calls (``poll_job``, ``cancel_job``,
+``wait_for_job``) and ``learning_curve`` talk to the backend (worker thread); ``model_choices`` and ``queue_note``
+only format; ``update_learning_curve_plot`` touches MRML (main thread).
 :class:`JobWatch` decides when the widget's poll timer stops: when the job finished, when the backend no longer
 knows it, or after a few polls in a row found no backend at all (it died or the network is gone).
 """
@@ -18,7 +20,7 @@ import vtk
 
 from . import mrml
 from .errors import BackendRequestError, BackendUnavailableError, ClientError
-from .responses import CurvePoint, Job
+from .responses import Activation, CurvePoint, Job, ModelList
 from .session import BackendSession
 
 __all__ = ["JobWatch", "TrainingSection", "PLOT_TABLE", "PLOT_CHART", "PLOT_LOSS_CHART"]
@@ -88,6 +90,62 @@ class TrainingSection:
             BackendRequestError: 409 ``job_running`` when a job already runs, 422 without labelled cases.
         """
         return self.session.client.start_train(then_rank=then_rank, write_pseudo=True).job_id
+
+    def rank(self, write_pseudo: bool = True) -> str:
+        """Rank the cases with the active model: a new queue, its scores, starting predictions and uncertainty maps,
+        and (``write_pseudo``) the pseudo-labels. Network; worker thread.
+
+        Returns:
+            the job id (follow it like a training job).
+
+        Raises:
+            BackendRequestError: 409 ``job_running`` when a job already runs, 409/422 before the first model.
+        """
+        return self.session.client.start_rank(write_pseudo=write_pseudo).job_id
+
+    def models(self) -> ModelList:
+        """Every model version with its validation Dice, the active one, and whether the queue is stale (chosen by
+        another version). Network; worker thread."""
+        return self.session.client.models()
+
+    def rollback(self, version: int, rank: bool = True) -> Activation:
+        """Make ``version`` the active model (roll back, or forward again). Network; worker thread.
+
+        The backend re-ranks the cases with it when the queue was another version's (``rank``; follow
+        ``Activation.rank_job`` like a training job), so the queue, its scores and the starting predictions of Next are
+        the active model's. With ``rank=False`` the queue stays another version's and ``queue_stale`` says so.
+
+        Raises:
+            BackendRequestError: 404 ``model_version`` (unknown), 409 ``job_running`` (nothing changed).
+        """
+        activation = self.session.client.activate_model(int(version), rank=rank)
+        logger.info("%s", activation.message)
+        return activation
+
+    @staticmethod
+    def model_choices(models: ModelList) -> list[tuple[int, str]]:
+        """(version, text) per version for a list to choose from, newest first: ``v3  round 3, Dice 0.812 (active)``;
+        validation Dice is the mean over classes on the fixed validation split ("no Dice" without one)."""
+        choices = []
+        for model in reversed(models.models):
+            parts = [f"v{model.version} "]
+            round_ = model.metrics.get("round")
+            if isinstance(round_, int):
+                parts.append(f" round {round_},")
+            parts.append(f" Dice {model.val_dice:.3f}" if model.val_dice is not None else " no Dice")
+            if model.version == models.active:
+                parts.append(" (active)")
+            choices.append((model.version, "".join(parts)))
+        return choices
+
+    @staticmethod
+    def queue_note(models: ModelList) -> str:
+        """A sentence for the status line when the queue is not the active model's, else ``""``."""
+        if not models.queue_stale:
+            return ""
+        chosen = f"v{models.queue_model}" if models.queue_model is not None else "no model"
+        return (f"The queue was chosen by {chosen}, not the active v{models.active}: Rank to refresh it (order, "
+                "starting predictions, pseudo-labels).")
 
     def poll_job(self, job_id: str) -> Job:
         """The job's status, progress, error and last log lines. Network; worker thread."""

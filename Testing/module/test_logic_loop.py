@@ -206,10 +206,10 @@ def test_the_logic_runs_the_active_learning_loop(logic: tuple[Any, Path], ctx: A
     pending = core.review.pending()
     if not pending:
         # This round's ranking routed no case "weak" (tiny network, confidence spread): roll back to version 1,
-        # whose ranking did, and rewrite its pseudo-labels. Rollback is part of the workflow too.
-        assert core.session.client.activate_model(1).active is True
-        started = core.session.client.start_pseudo_label()
-        assert core.training.wait_for_job(started.job_id, timeout_s=120).status == "succeeded"
+        # whose ranking did; the rollback re-ranks with it, which rewrites its pseudo-labels.
+        rolled = core.training.rollback(1)
+        assert rolled.model.active is True and rolled.rank_job is not None
+        assert core.training.wait_for_job(rolled.rank_job.job_id, timeout_s=120).status == "succeeded"
         pending = core.review.pending()
     assert pending and all(r.state == "pseudo" for r in pending)
     review_id = pending[0].case_id

@@ -75,7 +75,7 @@ SCHEMA_PAIRS = [
     ("InfoOut", responses.Info), ("CaseOut", responses.Case), ("CaseListOut", responses.CaseList),
     ("QueueItem", responses.QueueItem), ("QueueOut", responses.Queue), ("EpochPoint", responses.EpochPoint),
     ("JobProgress", responses.JobProgress), ("JobOut", responses.Job), ("ModelOut", responses.ModelVersion),
-    ("ModelListOut", responses.ModelList), ("CurvePoint", responses.CurvePoint),
+    ("ModelListOut", responses.ModelList), ("ActivationOut", responses.Activation), ("CurvePoint", responses.CurvePoint),
 ]
 
 

@@ -57,7 +57,9 @@ def record_fixtures(out: Path = FIXTURES) -> list[str]:
             get("queue_next", "POST", "/v1/queue/next", params={"annotator": "alice"})
             get("models", "GET", "/v1/models")
             get("model", "GET", "/v1/models/1")
-            get("model_activated", "POST", "/v1/models/1/activate")
+            activated = get("model_activated", "POST", "/v1/models/1/activate")  # re-ranks with v1
+            if activated["rank_job"] is not None:
+                wait_for_job(client, activated["rank_job"]["job_id"])
             get("learning_curve", "GET", "/v1/learning-curve")
             pending = client.get("/v1/cases", params={"state": "pseudo"}).json()["cases"]
             if pending:

@@ -132,7 +132,8 @@ def test_pseudo_label_review(fresh: LiveServer, action: str) -> None:
 
 
 def test_models_empty_and_unknown(live: LiveServer) -> None:
-    assert live.client.get("/v1/models").json() == {"active": None, "models": []}
+    assert live.client.get("/v1/models").json() == {"active": None, "queue_model": None, "queue_stale": False,
+                                                     "models": []}
     assert live.client.get("/v1/learning-curve").json() == {"points": []}
     missing = live.client.post("/v1/models/7/activate")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_version"

@@ -75,8 +75,10 @@ def test_active_learning_loop_over_http(tmp_path: Path) -> None:
         curve = client.get("/v1/learning-curve").json()["points"]
         assert [p["version"] for p in curve] == [1, 2] and curve[1]["n_expert"] >= curve[0]["n_expert"]
 
+        # v2 was trained without ranking, so the queue is still v1's: no re-ranking (test_rollback.py covers it)
         rolled = client.post("/v1/models/1/activate")
-        assert rolled.status_code == 200 and rolled.json()["active"] is True
+        assert rolled.status_code == 200 and rolled.json()["model"]["active"] is True
+        assert rolled.json()["rank_job"] is None and rolled.json()["queue_stale"] is False
         assert client.get("/v1/info").json()["active_model"] == 1
 
         pending = [c for c in client.get("/v1/cases", params={"state": "pseudo"}).json()["cases"]]

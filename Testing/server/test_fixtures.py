@@ -31,7 +31,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "jobs": schemas.JobListOut,
     "models": schemas.ModelListOut,
     "model": schemas.ModelOut,
-    "model_activated": schemas.ModelOut,
+    "model_activated": schemas.ActivationOut,
     "learning_curve": schemas.CurveOut,
 }
 

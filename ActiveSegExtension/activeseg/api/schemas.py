@@ -29,6 +29,7 @@ __all__ = [
     "RankParams",
     "ModelOut",
     "ModelListOut",
+    "ActivationOut",
     "CurvePoint",
     "CurveOut",
     "case_out",
@@ -197,14 +198,34 @@ class ModelOut(BaseModel):
     parent: int | None
     created: float
     active: bool
+    val_dice: float | None = Field(
+        None, description="mean Dice in [0, 1] on the fixed validation split; null without labelled validation cases")
+    val_dice_classes: dict[str, float] = Field(
+        default_factory=dict, description="validation Dice per class name, in [0, 1] (empty without one)")
     metrics: dict[str, Any]
 
 
 class ModelListOut(BaseModel):
-    """All versions, oldest first."""
+    """All versions, oldest first, and which one chose the queue."""
 
     active: int | None
+    queue_model: int | None = Field(None, description="the version whose ranking chose the queue; null before any")
+    queue_stale: bool = Field(
+        False, description="a model is active but did not choose the queue (after a rollback or a round without "
+        "ranking): start a ranking job (POST /v1/jobs/rank) to refresh the queue, its scores and predictions")
     models: list[ModelOut]
+
+
+class ActivationOut(BaseModel):
+    """The answer to a rollback (or roll forward): the now-active version and what happens to the queue."""
+
+    model: ModelOut
+    queue_model: int | None = Field(description="the version whose ranking chose the queue; null before any")
+    queue_stale: bool = Field(description="the queue is not the active version's (until rank_job ends)")
+    rank_job: JobOut | None = Field(
+        None, description="the ranking job started with the now-active version (null when the queue was already its "
+        "own, or rank=false)")
+    message: str = Field(description="what happened, in words")
 
 
 class CurvePoint(BaseModel):
@@ -255,7 +276,11 @@ def job_out(job: JobRecord, log_tail: list[str] | None = None) -> JobOut:
 
 
 def model_out(record: ModelRecord, active: int | None) -> ModelOut:
-    """API view of a model version."""
+    """API view of a model version (validation Dice taken from its metrics: ``val_dice`` {"mean", class names})."""
+    dice = record.metrics.get("val_dice")
+    dice = dice if isinstance(dice, dict) else {}
+    numbers = {str(k): float(v) for k, v in dice.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return ModelOut(
-        version=record.version, parent=record.parent, created=record.created, active=record.version == active, metrics=record.metrics
+        version=record.version, parent=record.parent, created=record.created, active=record.version == active,
+        val_dice=numbers.pop("mean", None), val_dice_classes=numbers, metrics=record.metrics,
     )

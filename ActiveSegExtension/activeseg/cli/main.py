@@ -151,6 +151,10 @@ def status_command(args: argparse.Namespace) -> int:
         for m in store.models()
     ]
     sys.stdout.write(format_table(["model", "round", "expert", "pseudo", "val Dice"], rows) + "\n")
+    if store.queue_stale():
+        chosen = store.queue_model()
+        sys.stdout.write(f"queue chosen by {'v' + str(chosen) if chosen is not None else 'no model'}, not the active "
+                         f"v{active}: run 'activeseg rank' to refresh it\n")
     plan_file = store.meta_dir / "plan.json"
     if plan_file.is_file():  # written by the last round trained from scratch (model/plan.py)
         plan = json.loads(plan_file.read_text())["plan"]
@@ -161,9 +165,17 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def activate_command(args: argparse.Namespace) -> int:
-    """Make an earlier model version active (rollback)."""
-    _open_store(args.data).activate(args.version)
+    """Make an earlier model version active (rollback); with --rank, re-rank the cases with it."""
+    store = _open_store(args.data)
+    store.activate(args.version)
     logger.info("model v%d is active", args.version)
+    if store.queue_stale():
+        if args.rank:
+            return rank_command(args)
+        chosen = store.queue_model()
+        logger.warning("the queue was chosen by %s, not v%d: its order and starting predictions are not this model's; "
+                       "run 'activeseg rank --data %s' (or activate with --rank)",
+                       f"v{chosen}" if chosen is not None else "no model", args.version, args.data)
     return 0
 
 
@@ -240,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_data(commands.add_parser("status", help="print case counts and model versions")).set_defaults(func=status_command)
     sub = with_data(commands.add_parser("activate", help="make an earlier model version active (rollback)"))
     sub.add_argument("version", type=int)
+    sub.add_argument("--rank", action="store_true", help="then rank the cases with it (refreshes the queue)")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar (with --rank)")
+    sub.add_argument("--no-pseudo", action="store_true", help="with --rank: keep the pseudo-labels as they are")
     sub.set_defaults(func=activate_command)
 
     sub = commands.add_parser("phantoms", help="generate synthetic CT phantoms (MSD-style folder)")

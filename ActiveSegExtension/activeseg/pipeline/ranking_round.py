@@ -157,7 +157,7 @@ def rank_round(
     if progress is not None:
         progress({"phase": "write", "step": 0, "steps": to_write})
     _write_predictions(store, version, {cid: (main_maps[cid], geometries[cid]) for cid in result.strong})
-    store.set_queue(validation_queue + result.strong)
+    store.set_queue(validation_queue + result.strong, version)
     if progress is not None:
         progress({"phase": "write", "step": len(result.strong), "steps": to_write})
     if write_pseudo:

@@ -148,9 +148,17 @@ class Datastore:
         return self.label_store.reject_pseudo(case_id, annotator)
 
     # ----------------------------------------------------------------- queue and leases (queue.py)
-    def set_queue(self, case_ids: list[str]) -> None:
-        """Make ``case_ids`` the strong queue. See :meth:`CaseQueue.set_queue`."""
-        self.case_queue.set_queue(case_ids)
+    def set_queue(self, case_ids: list[str], model_version: int | None = None) -> None:
+        """Make ``case_ids`` the strong queue, chosen by ``model_version``'s ranking. See :meth:`CaseQueue.set_queue`."""
+        self.case_queue.set_queue(case_ids, model_version)
+
+    def queue_model(self) -> int | None:
+        """The model version whose ranking chose the queue (``None`` before any). See :meth:`CaseQueue.queue_model`."""
+        return self.case_queue.queue_model()
+
+    def queue_stale(self) -> bool:
+        """Whether the queue was chosen by another model than the active one. See :meth:`CaseQueue.queue_stale`."""
+        return self.case_queue.queue_stale()
 
     def queue(self) -> list[tuple[CaseRecord, ScoreRecord | None]]:
         """Queued cases, most uncertain first. See :meth:`CaseQueue.queue`."""

@@ -19,6 +19,8 @@ from activeseg.store.scores import ScoreRecord, score_from_row
 
 __all__ = ["CaseQueue"]
 
+# Meta-table key of the model version whose ranking set the queue.
+_QUEUE_MODEL_KEY = "queue_model"
 # States a ranking may put into the strong queue.
 _QUEUEABLE_STATES = (CaseState.UNLABELED, CaseState.QUEUED, CaseState.REJECTED)
 
@@ -38,13 +40,20 @@ class CaseQueue:
         self.database = cases.database
         self.config = config
 
-    def set_queue(self, case_ids: list[str]) -> None:
+    def set_queue(self, case_ids: list[str], model_version: int | None = None) -> None:
         """Make ``case_ids`` the strong queue: they become ``queued``; earlier queued cases not in it and
-        not leased return to ``unlabeled``. Only ``unlabeled``, ``queued`` and ``rejected`` cases can be queued."""
+        not leased return to ``unlabeled``. Only ``unlabeled``, ``queued`` and ``rejected`` cases can be queued.
+
+        Args:
+            case_ids: the new queue.
+            model_version: the version whose ranking chose them (recorded for :meth:`queue_model`).
+        """
         wanted = set(case_ids)
         placeholders = ", ".join("?" for _ in _QUEUEABLE_STATES)
         with self.database.connect(write=True) as connection:
             now = time.time()
+            if model_version is not None:
+                connection.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_QUEUE_MODEL_KEY, str(int(model_version))))
             for row in connection.execute(
                 "SELECT case_id, lease_holder, lease_expires FROM cases WHERE state = ?", (CaseState.QUEUED.value,)
             ).fetchall():
@@ -59,6 +68,23 @@ class CaseQueue:
                     f"UPDATE cases SET state = ?, updated = ? WHERE case_id = ? AND state IN ({placeholders})",
                     (CaseState.QUEUED.value, now, case_id, *(state.value for state in _QUEUEABLE_STATES)),
                 )
+
+    def queue_model(self) -> int | None:
+        """The model version whose ranking chose the queued cases; ``None`` before any ranking. For a datastore
+        ranked before this was recorded: the newest version that has scores."""
+        value = self.database.get_meta(_QUEUE_MODEL_KEY)
+        if value is not None:
+            return int(value)
+        with self.database.connect() as connection:
+            newest = connection.execute("SELECT MAX(model_version) FROM scores").fetchone()[0]
+        return int(newest) if newest is not None else None
+
+    def queue_stale(self) -> bool:
+        """Whether a model is active but the queue was not chosen by it (after a rollback, or after a training
+        round without ranking): its members are another model's picks and the active model may have no scores or
+        predictions for them. A ranking job with the active model refreshes it."""
+        active = self.models.active_version()
+        return active is not None and self.queue_model() != active
 
     def queue(self) -> list[tuple[CaseRecord, ScoreRecord | None]]:
         """Queued cases, most uncertain first: unlabelled validation cases first (validation Dice needs
