@@ -171,3 +171,26 @@ def test_a_pseudo_label_reviewed_while_a_round_starts_is_left_out(labelled_store
     gone.unlink()  # what a concurrent reject does between the round's listing and its reading
     record = train_round(store)
     assert record.metrics["n_pseudo"] == len(result.weak) - 1
+
+
+def test_only_the_second_half_of_a_round_is_validated(labelled_store: Datastore) -> None:
+    """Issue 9: validation where it can change the decision (training.validate_from); the last epoch always."""
+    from activeseg.pipeline.training_round import validated_epochs
+
+    config = labelled_store.config
+    config.training.validate_from = 0.5
+    assert validated_epochs(config, 10, 3) == [5, 6, 7, 8, 9, 10]
+    config.training.validate_from = 0.99
+    assert validated_epochs(config, 10, 3) == [10]
+    config.training.validate_from = 0.0
+    assert validated_epochs(config, 4, 3) == [1, 2, 3, 4]
+    config.training.validate_from = 0.5
+    config.training.epochs_first, config.training.steps_per_epoch = 4, 2
+    events: list[dict] = []
+    result = train_round(labelled_store, progress=events.append)
+    ready = next(e for e in events if e.get("ready"))
+    assert ready["validation_passes"] == 3
+    passes = [e["epoch"] for e in events if e["phase"] == "validate" and e.get("running")]
+    assert passes == [2, 3, 4]
+    assert [h["epoch"] for h in result.metrics["val_history"]] == [2, 3, 4]
+    assert result.metrics["best_epoch"] in (2, 3, 4)

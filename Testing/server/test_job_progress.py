@@ -86,3 +86,29 @@ def test_no_eta_before_anything_is_measured_and_history_gives_one_early() -> Non
     # an earlier job's units give an ETA as soon as the round's budget is known (its cases are ready)
     assert informed[1][3] == pytest.approx(TOTAL_S - PREPROCESS_S, rel=0.05)
     assert fresh[2][3] is not None  # a first job: from its first measured training step
+
+
+def test_eta_counts_only_the_validated_epochs() -> None:
+    """Issue 9: a round validates only its second half (training.validate_from); the ETA must not count a validation
+    pass per epoch, and the measured seconds per validation case divide by the passes actually run."""
+    clock = Clock()
+    epochs, validated = 4, (3, 4)
+    plan = JobPlan(phases=["preprocess", "train"], validation_cases=VALIDATION)
+    history = {"step_s": STEP_S, "validate_case_s": VALIDATE_CASE_S, "preprocess_s": PREPROCESS_S}
+    model = ProgressModel(plan, history, clock=clock)
+    model.observe({"phase": "preprocess"})
+    clock.now += PREPROCESS_S
+    model.observe({"phase": "preprocess", "ready": True, "validation_cases": VALIDATION, "epochs": epochs,
+                   "steps_per_epoch": STEPS, "validation_passes": len(validated)})
+    expected = epochs * STEPS * STEP_S + len(validated) * VALIDATION * VALIDATE_CASE_S
+    assert model.estimate()[1] == pytest.approx(expected, rel=0.01)
+    for epoch in range(1, epochs + 1):
+        for step in range(1, STEPS + 1):
+            clock.now += STEP_S
+            model.observe({"phase": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": STEPS})
+        if epoch in validated:
+            model.observe({"phase": "validate", "epoch": epoch, "epochs": epochs, "running": True})
+            clock.now += VALIDATION * VALIDATE_CASE_S
+            model.observe({"phase": "validate", "epoch": epoch, "epochs": epochs, "val_dice": 0.5})
+            assert model.timing["validate_case_s"] == pytest.approx(VALIDATE_CASE_S)
+    assert model.estimate()[1] == pytest.approx(0.0, abs=1e-6)

@@ -59,7 +59,10 @@ class JobPlan:
     Attributes:
         phases: the phases in order.
         epochs, steps_per_epoch: training budget (from the first ``train`` event).
-        validation_cases: labelled validation cases (one pass each per epoch; two models each in compare_parent).
+        validation_cases: labelled validation cases (one pass each per validated epoch; two models each in
+            compare_parent).
+        validation_passes: validated epochs (``training.validate_from``); 0 until the engine reports it, then
+            every epoch is assumed validated.
         compare_parent: whether the round compares with the active model.
         rank_cases: candidates the ranking will score.
         write_cases: cases whose prediction or pseudo-label will be written.
@@ -69,6 +72,7 @@ class JobPlan:
     epochs: int = 0
     steps_per_epoch: int = 0
     validation_cases: int = 0
+    validation_passes: int = 0
     compare_parent: bool = False
     rank_cases: int = 0
     write_cases: int = 0
@@ -101,7 +105,7 @@ class ProgressModel:
         self.phase = "starting"
         self._phases: dict[str, _Phase] = {}
         self._measured: dict[str, float] = {}
-        self._validated_epochs = 0
+        self._validation_passes_done = 0
         self._validate_started: float | None = None
         self._validate_seconds = 0.0
         self._fraction = 0.0
@@ -126,6 +130,7 @@ class ProgressModel:
             plan.compare_parent = bool(event.get("compare_parent"))
             plan.epochs = int(event.get("epochs") or plan.epochs)
             plan.steps_per_epoch = int(event.get("steps_per_epoch") or plan.steps_per_epoch)
+            plan.validation_passes = int(event.get("validation_passes") or plan.validation_passes)
             self._enter("preprocess", now)
             self._last_event = now
             self._enter("train", now)
@@ -140,9 +145,9 @@ class ProgressModel:
             elif self._validate_started is not None:
                 self._validate_seconds += now - self._validate_started
                 self._validate_started = None
-                self._validated_epochs = max(self._validated_epochs, int(event.get("epoch") or 0))
+                self._validation_passes_done += 1
                 if plan.validation_cases:
-                    self._measured["validate_case_s"] = self._validate_seconds / (self._validated_epochs * plan.validation_cases)
+                    self._measured["validate_case_s"] = self._validate_seconds / (self._validation_passes_done * plan.validation_cases)
             phase = "train"  # validation is part of the training phase's budget
         if phase == "write" and event.get("steps"):
             plan.write_cases = int(event["steps"])
@@ -213,7 +218,7 @@ class ProgressModel:
             if step is None or not plan.epochs or not plan.steps_per_epoch:
                 return None
             steps_left = plan.epochs * plan.steps_per_epoch - done
-            passes_left = plan.epochs - self._validated_epochs
+            passes_left = max(0, (plan.validation_passes or plan.epochs) - self._validation_passes_done)
             left = steps_left * step + passes_left * plan.validation_cases * (case or 0.0)
             if self._validate_started is not None:  # a validation pass is under way
                 left -= min(plan.validation_cases * (case or 0.0), self.clock() - self._validate_started)

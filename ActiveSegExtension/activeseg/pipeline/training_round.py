@@ -62,7 +62,7 @@ from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, Mode
 
 __all__ = [
     "TrainingData", "ProgressCallback", "WeightObserver", "load_training_data", "plan_round", "round_steps", "validation_dice",
-    "train_model", "train_round", "RoundResult", "round_message",
+    "train_model", "train_round", "RoundResult", "round_message", "validated_epochs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -271,6 +271,13 @@ def _stream(cases: list[CachedCase], plan: Plan, batch: int, seed: int, config: 
                       prefetch_factor=4 if workers else None)
 
 
+def validated_epochs(config: Config, epochs: int, steps_per_epoch: int) -> list[int]:
+    """The epochs (1-based) whose weights are validated: those ending at or after ``training.validate_from`` of the
+    round's steps, and always the last."""
+    threshold = config.training.validate_from * epochs * steps_per_epoch
+    return [epoch for epoch in range(1, epochs + 1) if epoch == epochs or epoch * steps_per_epoch >= threshold]
+
+
 def epoch_budget(config: Config, steps: int, epochs: int) -> tuple[int, int]:
     """(epochs, optimiser steps per epoch) that :func:`train_model` runs for a budget of ``steps`` over ``epochs``."""
     epochs = max(1, min(epochs, steps))
@@ -294,7 +301,7 @@ def train_model(
     Each step draws ``plan.batch_size`` expert crops. When pseudo-labelled cases exist it also draws
     ``alnt.pseudo_batch_size`` pseudo crops: with ALNT on, their per-sample losses are weighted by ALNT
     (:func:`activeseg.method.alnt.alnt_backward`, fused with the expert backward when dropout is 0); with ALNT off
-    they join the batch at the experts' weight. Validation runs ``epochs`` times, evenly spaced.
+    they join the batch at the experts' weight. Validation runs after the epochs of :func:`validated_epochs`.
     ``weight_observer``, when given, receives every ALNT step's pseudo crops (their origins) and final weights.
 
     Returns:
@@ -307,6 +314,7 @@ def train_model(
     torch.manual_seed(seed)
     epochs, steps_per_epoch = epoch_budget(config, steps, epochs)
     steps = steps_per_epoch * epochs
+    to_validate = set(validated_epochs(config, epochs, steps_per_epoch))
     optimiser, schedule = _optimiser(model, config, steps)
     use_alnt = bool(data.pseudo) and config.alnt.enabled
     share = pseudo_share(len(data.pseudo), len(data.experts), config.alnt)
@@ -321,7 +329,7 @@ def train_model(
     started = time.perf_counter()
     phase_seconds = {"train": 0.0, "validate": 0.0}
     loss_history: list[float] = []
-    val_history: list[dict[str, float]] = []
+    val_history: list[dict[str, float]] = []  # one entry per validated epoch (with its "epoch")
     alnt_history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, best_dice = -math.inf, None, 0, {}
 
@@ -369,11 +377,13 @@ def train_model(
             })
         phase_seconds["train"] += time.perf_counter() - phase_started
         loss_history.append(float(np.mean(epoch_losses)))
+        if epoch not in to_validate:
+            continue
         phase_started = time.perf_counter()
         report({"phase": "validate", "epoch": epoch, "epochs": epochs, "running": True})  # a pass starts
         dice = validation_dice(model, data.validation, plan, config, device)
         phase_seconds["validate"] += time.perf_counter() - phase_started
-        val_history.append(dice)
+        val_history.append({"epoch": epoch, **dice})
         score = dice.get("mean", float(epoch))  # without validation labels, the last epoch wins
         if score >= best_score:
             best_score, best_epoch, best_dice = score, epoch, dice
@@ -459,7 +469,8 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     planned_epochs, steps_per_epoch = epoch_budget(config, steps, epochs)
     _notify(progress, {"phase": "preprocess", "ready": True, "validation_cases": len(data.validation),
                        "compare_parent": parent is not None and bool(data.validation), "elapsed_s": preprocess_seconds,
-                       "epochs": planned_epochs, "steps_per_epoch": steps_per_epoch})
+                       "epochs": planned_epochs, "steps_per_epoch": steps_per_epoch,
+                       "validation_passes": len(validated_epochs(config, planned_epochs, steps_per_epoch))})
     logger.info(
         "round %d: %d expert, %d pseudo, %d validation cases; %d steps (%s) on %s; patch %s at %s mm",
         round_index, len(data.experts), len(data.pseudo), len(data.validation), planned_epochs * steps_per_epoch,
