@@ -12,6 +12,10 @@ Job states::
 
 At most one job runs at a time: every kind uses the accelerator and writes the active model, the queue or
 the pseudo-label set, so two at once would compete for GPU memory and race on the same rows.
+
+A job's effects commit in the same SQLite transaction that marks it ``succeeded`` (see
+:mod:`activeseg.jobs.worker`); a job in any other final state changed nothing visible. Files its worker wrote
+before dying are removed when the server notices (:meth:`JobRunner._watch`, :meth:`JobRunner.recover`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from activeseg.errors import ActiveSegError
+from activeseg.store.database import Database
+from activeseg.store.recovery import recover_job_outputs
 from activeseg.store.sqlite_tx import transaction
 
 __all__ = [
@@ -215,15 +221,24 @@ class JobTable:
 
     def finish(self, job_id: str, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
         """Move a running job to a final state; False if it had already left ``running`` (first writer wins)."""
+        with self._connect(write=True) as connection:
+            return self.finish_in(connection, job_id, status, result, error)
+
+    @staticmethod
+    def finish_in(
+        connection: sqlite3.Connection, job_id: str, status: str, result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """:meth:`finish` inside a caller's write transaction (a worker marks its job succeeded in the transaction
+        that commits the job's effects)."""
         if status not in FINAL_STATES:
             raise ValueError(f"not a final job state: {status!r}")
         now = time.time()
-        with self._connect(write=True) as connection:
-            cursor = connection.execute(
-                "UPDATE jobs SET status = ?, result = ?, error = ?, finished = ?, updated = ?"
-                " WHERE job_id = ? AND status = 'running'",
-                (status, json.dumps(result, default=str) if result is not None else None, error, now, now, job_id),
-            )
+        cursor = connection.execute(
+            "UPDATE jobs SET status = ?, result = ?, error = ?, finished = ?, updated = ?"
+            " WHERE job_id = ? AND status = 'running'",
+            (status, json.dumps(result, default=str) if result is not None else None, error, now, now, job_id),
+        )
         return cursor.rowcount == 1
 
     def request_cancel(self, job_id: str) -> JobRecord:
@@ -309,7 +324,17 @@ class JobRunner:
                 logger.warning("killing orphaned worker of job %s (pid %d)", job.job_id, job.pid)
                 _kill_group(job.pid, signal.SIGKILL)
             logger.warning("job %s (%s) was interrupted by a server stop", job.job_id, job.kind)
+        if interrupted:
+            self._remove_uncommitted_outputs()
         return interrupted
+
+    def _remove_uncommitted_outputs(self) -> None:
+        """Delete what a dead worker wrote and never committed (its staged model folder, prediction set,
+        pseudo-labels). Called only while no job runs; never raises."""
+        try:
+            recover_job_outputs(Database.open(self.store_root))
+        except Exception as exc:  # noqa: BLE001 - left-overs are invisible; the next start-up recovery removes them
+            logger.warning("could not remove the files of an uncommitted job: %s", exc)
 
     def start(self, kind: str, params: dict[str, Any]) -> JobRecord:
         """Start a job in a child process. Raises JobConflictError when one is running."""
@@ -348,6 +373,9 @@ class JobRunner:
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         job = self.table.get(job_id)
         if job.status == "running":
+            # It died before its commit (which also records its outcome): nothing it did is visible, and no other
+            # job can start while this one reads running, so its files can go now.
+            self._remove_uncommitted_outputs()
             if job.cancel_requested:
                 self.table.finish(job_id, "cancelled", error="cancelled by request")
             else:

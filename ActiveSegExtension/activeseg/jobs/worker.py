@@ -3,7 +3,10 @@
 It runs the job's kind (train, rank, pseudo-label) against the datastore, writes throttled progress into the
 job's row and logs into its stdout (the server points that at ``.activeseg/jobs/<job_id>.log``), then records
 the outcome. SIGTERM asks it to stop at the next progress report (the engine raises TrainingCancelled and
-writes nothing half-done); the server follows with SIGKILL if it does not. It dies with its server: a
+writes nothing half-done); the server follows with SIGKILL if it does not. A job's effects (a new active model,
+a ranking's queue, scores, pseudo-labels and predictions) are staged on one
+:class:`~activeseg.store.commit.StoreCommit` and committed in the transaction that marks the job succeeded, so
+a job that is killed, fails, or was recorded interrupted first changes nothing visible. It dies with its server: a
 watchdog thread compares its parent with the server pid the runner passed (``$ACTIVESEG_SERVER_PID``) every
 0.2 s from the start, and when they differ it marks the job interrupted and kills its own process group
 (the datastore is crash-safe, so a kill at any point loses nothing acknowledged). So a crashed server leaves
@@ -16,6 +19,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -23,7 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from activeseg.store.datastore import TRAINED_STATES, Datastore
+from activeseg.store.datastore import TRAINED_STATES, Datastore, StoreCommit
 from activeseg.errors import ActiveSegError, TrainingCancelled
 from activeseg.jobs.progress import JobPlan, ProgressModel
 from activeseg.jobs.runner import JobTable
@@ -36,6 +40,9 @@ _MIN_WRITE_INTERVAL_S = 0.5  # at most 2 database writes per second
 _HEARTBEAT_S = 2.0  # a phase without events (a long validation or comparison) still refreshes fraction and ETA
 _WATCHDOG_INTERVAL_S = 0.2
 SERVER_PID_ENV = "ACTIVESEG_SERVER_PID"
+# Crash-test hook: a file path; the worker writes its pid there and waits to be killed once the job's work is
+# done but before its outcome commits (the one point where a kill used to split job status from store state).
+PAUSE_BEFORE_COMMIT_ENV = "ACTIVESEG_TEST_PAUSE_BEFORE_COMMIT"
 
 
 def server_pid() -> int:
@@ -47,6 +54,17 @@ def server_pid() -> int:
 def orphaned(expected_parent: int) -> bool:
     """Whether the server died: this process's parent is no longer ``expected_parent``."""
     return os.getppid() != expected_parent
+
+
+def _before_commit() -> None:
+    """The crash-test hook of :data:`PAUSE_BEFORE_COMMIT_ENV` (does nothing unless that variable is set)."""
+    marker = os.environ.get(PAUSE_BEFORE_COMMIT_ENV)
+    if not marker:
+        return
+    logger.warning("test hook: pausing before the commit (pid %d written to %s)", os.getpid(), marker)
+    Path(marker).write_text(str(os.getpid()))
+    while True:
+        time.sleep(3600)
 
 
 def start_watchdog(table: JobTable, job_id: str, expected_parent: int) -> threading.Thread:
@@ -229,12 +247,14 @@ def _rank_summary(result: Any) -> dict[str, Any]:
     }
 
 
-def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: ProgressReporter) -> dict[str, Any]:
-    """Run one job kind; return its JSON result. Engine modules are imported here (torch loads in the child only)."""
+def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: ProgressReporter,
+              commit: StoreCommit) -> dict[str, Any]:
+    """Run one job kind, staging its effects on ``commit``; return its JSON result. Engine modules are imported here
+    (torch loads in the child only)."""
     if kind == "train":
         from activeseg.pipeline.training_round import train_round
 
-        outcome = train_round(store, progress)
+        outcome = train_round(store, progress, commit=commit)
         # "registered": False when the new weights lost to the active model on validation: no version was added,
         # and "message" says so (the module shows it instead of a bare "succeeded").
         result: dict[str, Any] = {
@@ -244,16 +264,19 @@ def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: Pro
         if params.get("then_rank"):
             from activeseg.pipeline.ranking_round import rank_round
 
-            result["rank"] = _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True))))
+            # Ranks with the round's model (staged, not yet active: it becomes active with this ranking).
+            result["rank"] = _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True)),
+                                                      commit=commit, model=outcome.model))
         return result
     if kind == "rank":
         from activeseg.pipeline.ranking_round import rank_round
 
-        return _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True))))
+        return _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True)),
+                                        commit=commit))
     if kind == "pseudo-label":
         from activeseg.pipeline.ranking_round import pseudo_label_round
 
-        written = pseudo_label_round(store, progress)
+        written = pseudo_label_round(store, progress, commit=commit)
         return {"pseudo_labelled": sorted(written)}
     raise ActiveSegError(f"unknown job kind {kind!r}")
 
@@ -288,8 +311,9 @@ def execute(store_root: Path, job_id: str) -> str:
         signal.signal(signal.SIGTERM, progress.request_cancel)
     logger.info("job %s: %s %s (pid %d)", job_id, job.kind, job.params, os.getpid())
     status, result, error = "failed", None, None
+    commit = store.new_commit()
     try:
-        result = _run_kind(store, job.kind, job.params, progress)
+        result = _run_kind(store, job.kind, job.params, progress, commit)
         result["timing"] = progress.model.timing
         status = "succeeded"
     except TrainingCancelled:
@@ -298,24 +322,61 @@ def execute(store_root: Path, job_id: str) -> str:
         else:
             status, error = "cancelled", "cancelled by request"
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error text
-        if _is_cuda_oom(exc):
-            error = (
-                "CUDA out of memory: the GPU has too little free memory for this job; lower training.batch_size "
-                f"or training.patch_size, or free the GPU, then retry ({str(exc).splitlines()[0] if str(exc) else ''})"
-            )
-        elif isinstance(exc, ActiveSegError):
-            error = str(exc)
-        else:
-            error = f"{type(exc).__name__}: {exc}"
+        error = _error_text(exc)
         logger.error("job %s failed: %s\n%s", job_id, error, traceback.format_exc())
     progress.stop_heartbeat()
     if status == "succeeded":
         progress.latest = {"phase": "done"}
         progress.model.observe({"phase": "done"})
         progress.flush()
-    table.finish(job_id, status, result=result, error=error)
+        _before_commit()
+        try:
+            status = _commit_outcome(table, job_id, commit, result or {})
+        except Exception as exc:  # noqa: BLE001 - a refused commit (disk full, lock, version taken) fails the job
+            status, error = "failed", _error_text(exc)
+            logger.error("job %s failed at its commit: %s\n%s", job_id, error, traceback.format_exc())
+    else:
+        commit.discard()
+    if status != "succeeded":
+        table.finish(job_id, status, error=error)  # a no-op when the server recorded the outcome first
     logger.info("job %s %s", job_id, status)
     return status
+
+
+class _OutcomeTaken(Exception):
+    """The job left ``running`` (the server recorded it interrupted, cancelled or failed) before its commit."""
+
+
+def _commit_outcome(table: JobTable, job_id: str, commit: StoreCommit, result: dict[str, Any]) -> str:
+    """Commit the job's staged effects and mark it succeeded, in one transaction; return the job's status.
+
+    When the job has already left ``running`` nothing commits (its new files are removed) and the recorded
+    status is returned: job status and store state never disagree.
+    """
+
+    def mark_succeeded(connection: sqlite3.Connection) -> None:
+        if not table.finish_in(connection, job_id, "succeeded", result=result):
+            raise _OutcomeTaken
+
+    try:
+        commit.commit(then=mark_succeeded)
+    except _OutcomeTaken:
+        status = table.get(job_id).status
+        logger.warning("job %s was recorded %s before its commit; its effects are discarded", job_id, status)
+        return status
+    return "succeeded"
+
+
+def _error_text(exc: BaseException) -> str:
+    """The job's error text for an exception."""
+    if _is_cuda_oom(exc):
+        return (
+            "CUDA out of memory: the GPU has too little free memory for this job; lower training.batch_size "
+            f"or training.patch_size, or free the GPU, then retry ({str(exc).splitlines()[0] if str(exc) else ''})"
+        )
+    if isinstance(exc, ActiveSegError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def threading_is_main() -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from activeseg.io.atomic import atomic_write
-from activeseg.store.datastore import Datastore, ScoreRecord
+from activeseg.store.datastore import Datastore, ModelRecord, ScoreRecord, StoreCommit
 from activeseg.method.uncertainty_map import uncertainty_map, write_uncertainty_volume
 from activeseg.method.dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
 from activeseg.errors import ModelVersionError, TrainingCancelled
@@ -55,11 +55,10 @@ class RankResult:
     seconds: float = 0.0
 
 
-def _predictor(store: Datastore, version: int) -> Predictor:
-    """The predictor of model ``version`` with the store's device and inference settings."""
+def _predictor(store: Datastore, model: ModelRecord) -> Predictor:
+    """The predictor of ``model`` with the store's device and inference settings."""
     settings = store.config.training
-    return Predictor.from_checkpoint(store.model(version).weights_path, select_device(settings.device), settings.amp,
-                                     settings.tta_flips)
+    return Predictor.from_checkpoint(model.weights_path, select_device(settings.device), settings.amp, settings.tta_flips)
 
 
 def _voxel_ratio(planned: Geometry, source: Geometry) -> float:
@@ -89,31 +88,52 @@ def _write_pseudo(store: Datastore, case_id: str, labelmap: np.ndarray, geometry
     return _write_segmentation(store, target, labelmap, geometry)
 
 
-def _write_predictions(store: Datastore, version: int, predictions: dict[str, tuple[np.ndarray, Geometry]]) -> None:
-    """Keep the queued cases' predictions as starting segmentations for the annotator; drop older ones."""
-    folder = store.meta_dir / "predictions"
-    folder.mkdir(exist_ok=True)
-    for stale in folder.glob("*.seg.nrrd"):
-        stale.unlink(missing_ok=True)
+def _write_predictions(store: Datastore, commit: StoreCommit, version: int,
+                       predictions: dict[str, tuple[np.ndarray, Geometry]]) -> str:
+    """Write the queued cases' predictions (starting segmentations for the annotator) as a new prediction set;
+    return its name. The committed set, and its files, stay until ``commit`` switches to this one."""
+    (store.meta_dir / "predictions").mkdir(exist_ok=True)
+    prediction_set = store.new_prediction_set()
     for case_id, (labelmap, geometry) in predictions.items():
-        _write_segmentation(store, store.prediction_path(case_id, version), labelmap, geometry)
+        target = commit.new_path(store.prediction_file(case_id, version, prediction_set))
+        _write_segmentation(store, target, labelmap, geometry)
+    return prediction_set
+
+
+def _model_or_active(store: Datastore, model: ModelRecord | None) -> ModelRecord:
+    """``model``, else the active model. Raises ModelVersionError when there is none."""
+    if model is not None:
+        return model
+    version = store.active_version()
+    if version is None:
+        raise ModelVersionError("no model yet: run a training round before ranking")
+    return store.model(version)
 
 
 def rank_round(
-    store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None, write_pseudo: bool = True
+    store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None, write_pseudo: bool = True,
+    commit: StoreCommit | None = None, model: ModelRecord | None = None,
 ) -> RankResult:
     """Score candidates with the active model, set the strong queue, rebuild the pseudo-label set.
+
+    The round's effects (scores, queue, prediction files, pseudo-label set) become visible together: new files
+    are written under fresh names, one transaction switches the rows, and the replaced files are deleted after
+    it. A round that fails or is killed before that leaves the previous queue and its files as they were.
+
+    Args:
+        commit: stage the effects on it instead of committing them before returning (a job commits them together
+            with its other effects and its own status).
+        model: the model that ranks (default: the active one); a training job passes the version it has staged.
 
     Raises:
         ModelVersionError: no model has been trained yet.
         TrainingCancelled: ``progress`` returned False (nothing is changed).
     """
-    version = store.active_version()
-    if version is None:
-        raise ModelVersionError("no model yet: run a training round before ranking")
+    record = _model_or_active(store, model)
+    version = record.version
     config = store.config
-    predictor = _predictor(store, version)
-    round_index = int(store.model(version).metrics.get("round", version))
+    predictor = _predictor(store, record)
+    round_index = int(record.metrics.get("round", version))
     candidates = [c for c in store.cases(split="train") if c.state in CANDIDATE_STATES]
     started = time.perf_counter()
     result = RankResult(model_version=version)
@@ -147,24 +167,35 @@ def rank_round(
     result.strong, result.weak = route_cases(result.scores, config.dsal.strong_per_round, quota, config.dsal, eligible)
     voxel_ml = {cid: float(np.prod(geometry.spacing)) / 1000.0 for cid, geometry in geometries.items()}
     routes = {cid: "strong" for cid in result.strong} | {cid: "weak" for cid in result.weak}
-    store.store_scores([
-        ScoreRecord(s.case_id, version, s.mdsc, s.confidence, s.foreground_voxels * voxel_ml[s.case_id], routes.get(s.case_id, "none"))
-        for s in result.scores
-    ])
-    validation_queue = [c.case_id for c in store.cases(split="val") if c.state in ("unlabeled", "queued")]
-    # "write" events report progress only: the scores are stored, so the round finishes rather than cancels.
-    to_write = len(result.strong) + (len(result.weak) if write_pseudo else 0)
-    if progress is not None:
-        progress({"phase": "write", "step": 0, "steps": to_write})
-    _write_predictions(store, version, {cid: (main_maps[cid], geometries[cid]) for cid in result.strong})
-    store.set_queue(validation_queue + result.strong, version)
-    if progress is not None:
-        progress({"phase": "write", "step": len(result.strong), "steps": to_write})
-    if write_pseudo:
-        written = {cid: _write_pseudo(store, cid, main_maps[cid], geometries[cid]) for cid in result.weak}
-        store.set_pseudo_labels(version, written)
+    own_commit = commit is None
+    commit = store.new_commit() if commit is None else commit
+    try:
+        store.stage_scores(commit, [
+            ScoreRecord(s.case_id, version, s.mdsc, s.confidence, s.foreground_voxels * voxel_ml[s.case_id],
+                        routes.get(s.case_id, "none"))
+            for s in result.scores
+        ])
+        validation_queue = [c.case_id for c in store.cases(split="val") if c.state in ("unlabeled", "queued")]
+        # "write" events report progress only: the scores are computed, so the round finishes rather than cancels.
+        to_write = len(result.strong) + (len(result.weak) if write_pseudo else 0)
         if progress is not None:
-            progress({"phase": "write", "step": to_write, "steps": to_write})
+            progress({"phase": "write", "step": 0, "steps": to_write})
+        prediction_set = _write_predictions(store, commit, version,
+                                            {cid: (main_maps[cid], geometries[cid]) for cid in result.strong})
+        store.stage_queue(commit, validation_queue + result.strong, version, prediction_set)
+        if progress is not None:
+            progress({"phase": "write", "step": len(result.strong), "steps": to_write})
+        if write_pseudo:
+            written = {cid: _write_pseudo(store, cid, main_maps[cid], geometries[cid]) for cid in result.weak}
+            store.stage_pseudo_labels(commit, version, written)
+            if progress is not None:
+                progress({"phase": "write", "step": to_write, "steps": to_write})
+        if own_commit:
+            commit.commit()
+    except BaseException:
+        if own_commit:
+            commit.discard()
+        raise
     result.seconds = time.perf_counter() - started
     logger.info(
         "ranked %d case(s) with model v%d in %.1f s: %d queued, %d pseudo-labelled",
@@ -173,10 +204,12 @@ def rank_round(
     return result
 
 
-def pseudo_label_round(store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None) -> dict[str, Path]:
+def pseudo_label_round(store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None,
+                       commit: StoreCommit | None = None) -> dict[str, Path]:
     """(Re)write pseudo-labels for the cases the active model's stored scores routed ``weak``.
 
-    Useful after a rollback or when pseudo-label files should be rebuilt without re-ranking.
+    Useful after a rollback or when pseudo-label files should be rebuilt without re-ranking. ``commit``: stage the
+    new set on it (a job commits it with its status); without it the set is replaced before this returns.
 
     Raises:
         ModelVersionError: no active model, or it has no stored scores.
@@ -188,12 +221,21 @@ def pseudo_label_round(store: Datastore, progress: Callable[[dict[str, Any]], bo
     weak = [cid for cid, s in scores.items() if s.route == "weak"]
     if not scores:
         raise ModelVersionError(f"model v{version} has not ranked the pool yet: run a ranking job first")
-    predictor = _predictor(store, version)
-    written = {}
-    for index, case_id in enumerate(weak, start=1):
-        volume = store.load_image(case_id)
-        written[case_id] = _write_pseudo(store, case_id, predictor.segment(volume), volume.geometry)
-        if progress is not None and progress({"phase": "pseudo-label", "step": index, "steps": len(weak)}) is False:
-            raise TrainingCancelled("pseudo-labelling cancelled")
-    store.set_pseudo_labels(version, written)
+    predictor = _predictor(store, store.model(version))
+    written: dict[str, Path] = {}
+    own_commit = commit is None
+    commit = store.new_commit() if commit is None else commit
+    try:
+        for index, case_id in enumerate(weak, start=1):
+            volume = store.load_image(case_id)
+            written[case_id] = commit.new_path(_write_pseudo(store, case_id, predictor.segment(volume), volume.geometry))
+            if progress is not None and progress({"phase": "pseudo-label", "step": index, "steps": len(weak)}) is False:
+                raise TrainingCancelled("pseudo-labelling cancelled")
+        store.stage_pseudo_labels(commit, version, written)
+        if own_commit:
+            commit.commit()
+    except BaseException:
+        if own_commit:
+            commit.discard()
+        raise
     return written

@@ -58,7 +58,7 @@ from activeseg.model.plan import (
 from activeseg.model.predictor import Predictor, load_checkpoint, predict_heads, save_checkpoint, select_device
 from activeseg.model.preprocessing import normalise, pad_value
 from activeseg.model.sampling import CropOrigin, CropStream
-from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, ModelRecord
+from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, ModelRecord, StoreCommit
 
 __all__ = [
     "TrainingData", "ProgressCallback", "WeightObserver", "load_training_data", "plan_round", "round_steps", "validation_dice",
@@ -425,9 +425,13 @@ def _notify(progress: ProgressCallback | None, event: dict[str, Any]) -> None:
 
 
 def train_round(store: Datastore, progress: ProgressCallback | None = None,
-                weight_observer: WeightObserver | None = None) -> RoundResult:
+                weight_observer: WeightObserver | None = None, commit: StoreCommit | None = None) -> RoundResult:
     """Train one round and register its model as a new, active version, unless the parent scores higher on the
     validation split: then nothing is registered and the parent stays active (``result.registered`` is False).
+
+    ``commit``: stage the new version on it instead of registering it at once (a job commits it together with
+    its other effects and its own status); the returned record is then the version as it will read back, and
+    ``plan.json`` is written once it commits. Without it the version is registered before this returns.
 
     Progress events, in order: ``preprocess`` (then ``preprocess`` with ``ready``, ``validation_cases`` and
     ``compare_parent`` once the cases are cached), ``train`` per step and ``validate`` per epoch (see
@@ -516,14 +520,25 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     if kept_parent and parent is not None:
         # As a registered version's metrics read back: JSON types (lists, not tuples).
         return RoundResult(store.model(parent), json.loads(json.dumps(metrics)), registered=False)
+    own_commit = commit is None
+    commit = store.new_commit() if commit is None else commit
     fd, temp_name = tempfile.mkstemp(prefix=TEMP_MARKER, suffix=".pt", dir=store.meta_dir)
     os.close(fd)
     try:
         save_checkpoint(model, plan, config.num_classes, config.network.dropout, Path(temp_name))
-        record = store.add_model(Path(temp_name), metrics, parent)
+        record = store.stage_model(commit, Path(temp_name), metrics, parent)
     finally:
         Path(temp_name).unlink(missing_ok=True)
-    if plan_record is not None:
-        atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(plan_record, indent=2)))
+
+    def write_plan() -> None:
+        if plan_record is not None:
+            atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(plan_record, indent=2)))
+
+    if own_commit:
+        commit.commit()
+        record = store.model(record.version)
+        write_plan()
+    else:
+        commit.after(write_plan)
     logger.info("round %d: model v%d, validation Dice %s", round_index, record.version, metrics["val_dice"].get("mean"))
     return RoundResult(record, record.metrics, registered=True)

@@ -7,8 +7,9 @@ Layout of a datastore folder::
     STORE/.activeseg/config.json             the engine's settings (config.Config)
     STORE/.activeseg/labels/                 expert and accepted labels, uint8 NIfTI, image geometry
     STORE/.activeseg/pseudo/                 current pseudo-labels as Slicer ``.seg.nrrd``
-    STORE/.activeseg/predictions/            the ranking model's prediction of each queued case (derived, disposable)
-    STORE/.activeseg/models/vNNNN/           one folder per model version (weights + metrics), never overwritten
+    STORE/.activeseg/predictions/            the ranking model's prediction of each queued case (derived, disposable),
+                                             ``<case>.v<version>.<set>.seg.nrrd``: one set per ranking
+    STORE/.activeseg/models/vNNNN-<token>/   one folder per model version (weights + metrics), never overwritten
 """
 
 from __future__ import annotations

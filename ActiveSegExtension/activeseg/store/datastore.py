@@ -10,7 +10,8 @@ facade only forwards to it.
 ``queue.py``        the strong queue and leases
 ``scores.py``       DSAL scores per model version
 ``models.py``       model versions and the active one
-``recovery.py``     removing left-overs of interrupted writes
+``commit.py``       effects of a round or job made visible in one transaction (:class:`StoreCommit`)
+``recovery.py``     removing left-overs of interrupted writes and uncommitted jobs
 ``importing.py``    creating a datastore from image files
 ==================  =========================================================================
 """
@@ -24,16 +25,17 @@ import numpy as np
 
 from activeseg.config import Config
 from activeseg.io.volumes import Geometry, Volume
+from activeseg.store.commit import StoreCommit
 from activeseg.store.cases import STATES, TRAINED_STATES, CaseRecord, CaseState, CaseTable
 from activeseg.store.database import Database
 from activeseg.store.importing import import_images, import_labels
 from activeseg.store.labels import LabelStore
 from activeseg.store.models import ModelRecord, ModelTable
 from activeseg.store.queue import CaseQueue
-from activeseg.store.recovery import recover
+from activeseg.store.recovery import recover, recover_job_outputs
 from activeseg.store.scores import ScoreRecord, ScoreTable
 
-__all__ = ["STATES", "TRAINED_STATES", "CaseState", "CaseRecord", "ScoreRecord", "ModelRecord", "Datastore"]
+__all__ = ["STATES", "TRAINED_STATES", "CaseState", "CaseRecord", "ScoreRecord", "ModelRecord", "Datastore", "StoreCommit"]
 
 
 class Datastore:
@@ -94,6 +96,11 @@ class Datastore:
         problems += import_labels(store.label_store, labels or {}, imported)
         return store, problems
 
+    def new_commit(self) -> StoreCommit:
+        """A commit to stage a round's or job's effects on (the ``stage_*`` methods), visible together once it
+        commits. See :mod:`activeseg.store.commit`."""
+        return StoreCommit(self.database)
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         """A value of the ``meta`` table."""
         return self.database.get_meta(key, default)
@@ -137,6 +144,10 @@ class Datastore:
         """Replace the current pseudo-label set. See :meth:`LabelStore.set_pseudo_labels`."""
         self.label_store.set_pseudo_labels(model_version, written)
 
+    def stage_pseudo_labels(self, commit: StoreCommit, model_version: int, written: dict[str, Path]) -> None:
+        """Replace the pseudo-label set when ``commit`` commits. See :meth:`LabelStore.stage_pseudo_labels`."""
+        self.label_store.stage_pseudo_labels(commit, model_version, written)
+
     def accept_pseudo(self, case_id: str, annotator: str | None = None) -> CaseRecord:
         """Accept a pending pseudo-label (state ``accepted``). Raises CaseStateError when there is none,
         LeaseError when someone other than ``annotator`` holds the lease. See :meth:`LabelStore.accept_pseudo`."""
@@ -151,6 +162,11 @@ class Datastore:
     def set_queue(self, case_ids: list[str], model_version: int | None = None) -> None:
         """Make ``case_ids`` the strong queue, chosen by ``model_version``'s ranking. See :meth:`CaseQueue.set_queue`."""
         self.case_queue.set_queue(case_ids, model_version)
+
+    def stage_queue(self, commit: StoreCommit, case_ids: list[str], model_version: int, prediction_set: str) -> None:
+        """Set the queue and switch to prediction set ``prediction_set`` when ``commit`` commits.
+        See :meth:`CaseQueue.stage_queue`."""
+        self.case_queue.stage_queue(commit, case_ids, model_version, prediction_set)
 
     def queue_model(self) -> int | None:
         """The model version whose ranking chose the queue (``None`` before any). See :meth:`CaseQueue.queue_model`."""
@@ -176,6 +192,14 @@ class Datastore:
         """Where ranking keeps a model version's prediction of a queued case (a ``.seg.nrrd``)."""
         return self.case_queue.prediction_path(case_id, model_version)
 
+    def prediction_file(self, case_id: str, model_version: int, prediction_set: str | None) -> Path:
+        """A prediction's file in a given prediction set. See :meth:`CaseQueue.prediction_file`."""
+        return self.case_queue.prediction_file(case_id, model_version, prediction_set)
+
+    def new_prediction_set(self) -> str:
+        """A fresh prediction-set name. See :meth:`CaseQueue.new_prediction_set`."""
+        return self.case_queue.new_prediction_set()
+
     def lease(self, case_id: str, annotator: str, reopen: bool = False) -> CaseRecord:
         """Lease one case to ``annotator`` for ``config.lease_seconds`` (``reopen``: also a labelled one, to edit
         its label). Raises LeaseError / CaseStateError. See :meth:`CaseQueue.lease`."""
@@ -190,6 +214,10 @@ class Datastore:
         """Insert or replace scores (one model version's ranking)."""
         self.score_table.store_scores(scores)
 
+    def stage_scores(self, commit: StoreCommit, scores: list[ScoreRecord]) -> None:
+        """Insert or replace scores when ``commit`` commits."""
+        self.score_table.stage_scores(commit, scores)
+
     def scores(self, model_version: int | None = None) -> dict[str, ScoreRecord]:
         """Scores under ``model_version`` (default: the active one), by case id."""
         return self.score_table.scores(self.active_version() if model_version is None else model_version)
@@ -198,6 +226,13 @@ class Datastore:
     def add_model(self, weights_file: Path, metrics: dict[str, Any], parent: int | None, activate: bool = True) -> ModelRecord:
         """Register a new model version from a finished weights file. See :meth:`ModelTable.add_model`."""
         return self.model_table.add_model(weights_file, metrics, parent, activate)
+
+    def stage_model(
+        self, commit: StoreCommit, weights_file: Path, metrics: dict[str, Any], parent: int | None, activate: bool = True,
+    ) -> ModelRecord:
+        """Write a new version's folder now; register (and activate) it when ``commit`` commits.
+        See :meth:`ModelTable.stage_model`."""
+        return self.model_table.stage_model(commit, weights_file, metrics, parent, activate)
 
     def models(self) -> list[ModelRecord]:
         """All versions, oldest first."""
@@ -219,3 +254,8 @@ class Datastore:
     def recover(self, min_age_seconds: float = 0.0) -> list[Path]:
         """Remove left-overs of interrupted writes; return the removed paths. See :func:`recovery.recover`."""
         return recover(self.database, min_age_seconds)
+
+    def recover_job_outputs(self) -> list[Path]:
+        """Remove what a dead job wrote and never committed (only while no job runs).
+        See :func:`recovery.recover_job_outputs`."""
+        return recover_job_outputs(self.database)

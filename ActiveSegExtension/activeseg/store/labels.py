@@ -9,6 +9,7 @@ left-overs of interrupted writes and are removed by :func:`activeseg.store.recov
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from activeseg.errors import CaseStateError, EmptyLabelError, LabelValueError, L
 from activeseg.io.atomic import atomic_write
 from activeseg.io.volumes import Volume, check_same_geometry, write_volume
 from activeseg.store.cases import CaseRecord, CaseState, CaseTable, live_lease_holder
+from activeseg.store.commit import StoreCommit
 
 __all__ = ["LabelStore"]
 
@@ -137,34 +139,48 @@ class LabelStore:
         cases in ``unlabeled``, ``queued`` (not leased) or ``pseudo`` state take a new one; others are skipped.
         """
         meta_dir = self.database.meta_dir
-        stale: list[str] = []
         with self.database.connect(write=True) as connection:
-            for row in connection.execute(
-                "SELECT case_id, pseudo_file FROM cases WHERE state = ?", (CaseState.PSEUDO.value,)
-            ).fetchall():
-                if row["case_id"] not in written:
-                    stale.append(row["pseudo_file"])
-                    connection.execute(
-                        "UPDATE cases SET state = ?, pseudo_file = NULL, pseudo_model = NULL, updated = ?"
-                        " WHERE case_id = ?",
-                        (CaseState.UNLABELED.value, time.time(), row["case_id"]),
-                    )
-            for case_id, path in written.items():
-                row = self.cases.row(connection, case_id)
-                leased = live_lease_holder(row) is not None
-                if row["state"] not in _PSEUDO_TARGET_STATES or row["split"] != "train" or leased:
-                    stale.append(str(path.relative_to(meta_dir)))
-                    continue
-                if row["pseudo_file"]:
-                    stale.append(row["pseudo_file"])
-                connection.execute(
-                    "UPDATE cases SET state = ?, pseudo_file = ?, pseudo_model = ?, updated = ? WHERE case_id = ?",
-                    (CaseState.PSEUDO.value, str(path.relative_to(meta_dir)), model_version, time.time(), case_id),
-                )
+            stale = self._apply_pseudo_labels(connection, model_version, written)
         kept = {str(p.relative_to(meta_dir)) for p in written.values()}
         for relative in stale:
             if relative and relative not in kept:
                 (meta_dir / relative).unlink(missing_ok=True)
+
+    def stage_pseudo_labels(self, commit: StoreCommit, model_version: int, written: dict[str, Path]) -> None:
+        """Replace the pseudo-label set as :meth:`set_pseudo_labels` does, when ``commit`` commits (the files in
+        ``written`` are recorded as the commit's new files: removed if it never commits)."""
+        for path in written.values():
+            commit.new_path(path)
+        commit.stage(lambda connection: self._apply_pseudo_labels(connection, model_version, written))
+
+    def _apply_pseudo_labels(self, connection: sqlite3.Connection, model_version: int, written: dict[str, Path]) -> list[str]:
+        """The pseudo-label set change inside ``connection``'s transaction; returns the files it makes stale
+        (relative to ``.activeseg``), to delete after the commit (new files it did not use included)."""
+        meta_dir = self.database.meta_dir
+        stale: list[str] = []
+        for row in connection.execute(
+            "SELECT case_id, pseudo_file FROM cases WHERE state = ?", (CaseState.PSEUDO.value,)
+        ).fetchall():
+            if row["case_id"] not in written:
+                stale.append(row["pseudo_file"])
+                connection.execute(
+                    "UPDATE cases SET state = ?, pseudo_file = NULL, pseudo_model = NULL, updated = ?"
+                    " WHERE case_id = ?",
+                    (CaseState.UNLABELED.value, time.time(), row["case_id"]),
+                )
+        for case_id, path in written.items():
+            row = self.cases.row(connection, case_id)
+            leased = live_lease_holder(row) is not None
+            if row["state"] not in _PSEUDO_TARGET_STATES or row["split"] != "train" or leased:
+                stale.append(str(path.relative_to(meta_dir)))
+                continue
+            if row["pseudo_file"]:
+                stale.append(row["pseudo_file"])
+            connection.execute(
+                "UPDATE cases SET state = ?, pseudo_file = ?, pseudo_model = ?, updated = ? WHERE case_id = ?",
+                (CaseState.PSEUDO.value, str(path.relative_to(meta_dir)), model_version, time.time(), case_id),
+            )
+        return stale
 
     def accept_pseudo(self, case_id: str, annotator: str | None = None) -> CaseRecord:
         """Accept a pseudo-label: it becomes a trusted label (state ``accepted``, trained at full weight).

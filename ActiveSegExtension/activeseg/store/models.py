@@ -1,4 +1,8 @@
-"""Model versions: one folder per version (weights, metrics), never overwritten, and which one is active."""
+"""Model versions: one folder per version (weights, metrics), never overwritten, and which one is active.
+
+A version is written first and registered (and activated) by a :class:`~activeseg.store.commit.StoreCommit`,
+so a job registers its model in the same transaction that marks it succeeded.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import logging
 import shutil
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from activeseg.errors import ModelVersionError
 from activeseg.io.atomic import atomic_write
+from activeseg.store.commit import StoreCommit
 from activeseg.store.database import Database
 
 __all__ = ["ModelRecord", "ModelTable"]
@@ -50,25 +56,53 @@ class ModelTable:
         )
 
     def add_model(self, weights_file: Path, metrics: dict[str, Any], parent: int | None, activate: bool = True) -> ModelRecord:
-        """Register a new model version from a finished weights file (copied into a fresh folder).
+        """Register a new model version from a finished weights file (copied into a fresh folder), at once.
 
         Earlier versions are never touched. The new version becomes active unless ``activate`` is False.
         """
-        with self.database.connect(write=True) as connection:
+        commit = StoreCommit(self.database)
+        record = self.stage_model(commit, weights_file, metrics, parent, activate)
+        commit.commit()
+        return self.model(record.version)
+
+    def stage_model(
+        self, commit: StoreCommit, weights_file: Path, metrics: dict[str, Any], parent: int | None, activate: bool = True,
+    ) -> ModelRecord:
+        """Write a new version's folder now; register (and activate) it when ``commit`` commits.
+
+        The folder has a fresh name (``models/vNNNN-<token>``), so a version that never commits (its round was
+        cancelled or its process killed) is an unreferenced folder that recovery removes. The version number is
+        the next free one now; if another round registers it first, the commit fails (nothing is registered).
+
+        Returns:
+            The version as it will read back once committed (not yet visible through :meth:`model`).
+        """
+        with self.database.connect() as connection:
             version = (connection.execute("SELECT MAX(version) FROM models").fetchone()[0] or 0) + 1
-            folder = f"models/v{version:04d}"
-            target = self.database.meta_dir / folder
-            if target.exists():  # a left-over of a run killed before its commit: no row references it
-                shutil.rmtree(target)
-            target.mkdir(parents=True)
+        folder = f"models/v{version:04d}-{uuid.uuid4().hex[:8]}"
+        target = self.database.meta_dir / folder
+        target.mkdir(parents=True)
+        try:
             atomic_write(target / "model.pt", lambda path: shutil.copyfile(weights_file, path))
-            atomic_write(target / "metrics.json", lambda path: Path(path).write_text(json.dumps(metrics, indent=2)))
+            text = json.dumps(metrics, indent=2)
+            atomic_write(target / "metrics.json", lambda path: Path(path).write_text(text))
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        commit.new_path(target)
+        created = time.time()
+
+        def register(connection: sqlite3.Connection) -> None:
+            if connection.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone() is not None:
+                raise ModelVersionError(f"model version {version} was registered by another round meanwhile")
             connection.execute(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?)", (version, parent, folder, time.time(), json.dumps(metrics))
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?)", (version, parent, folder, created, json.dumps(metrics))
             )
             if activate:
                 connection.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_ACTIVE_KEY, str(version)))
-        return self.model(version)
+
+        commit.stage(register)
+        return ModelRecord(version, parent, target, created, json.loads(json.dumps(metrics)))
 
     def models(self) -> list[ModelRecord]:
         """All versions, oldest first."""

@@ -2,27 +2,46 @@
 
 Whether a lease still holds is decided in one place, :func:`activeseg.store.cases.live_lease_holder`
 (a lease is part of a case's row, and every case read needs it).
+
+A ranking's queue and the predictions of its queued cases switch together: the predictions are written as a new
+*prediction set* (fresh file names), and one transaction sets the queue and names that set; the previous set's
+files are deleted only after it (see :class:`~activeseg.store.commit.StoreCommit`).
 """
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 from activeseg.config import Config
 from activeseg.errors import CaseStateError, LeaseError
+from activeseg.io.atomic import TEMP_MARKER
 from activeseg.store.case_ids import validate_case_id
 from activeseg.store.cases import TRAINED_STATES, CaseRecord, CaseState, CaseTable, live_lease_holder
+from activeseg.store.commit import StoreCommit
 from activeseg.store.database import SKIPS_TABLE, has_table
 from activeseg.store.models import ModelTable
 from activeseg.store.scores import ScoreRecord, score_from_row
 
-__all__ = ["CaseQueue"]
+__all__ = ["CaseQueue", "PREDICTION_SET_KEY", "PREDICTIONS_DIR", "prediction_set_of"]
 
 # Meta-table key of the model version whose ranking set the queue.
 _QUEUE_MODEL_KEY = "queue_model"
+# Meta-table key of the prediction set the queue's predictions belong to (see CaseQueue.prediction_file).
+PREDICTION_SET_KEY = "prediction_set"
+PREDICTIONS_DIR = "predictions"
+_LEGACY_VERSION_TAG = re.compile(r"v[0-9]+")
 # States a ranking may put into the strong queue.
 _QUEUEABLE_STATES = (CaseState.UNLABELED, CaseState.QUEUED, CaseState.REJECTED)
+
+
+def prediction_set_of(file_name: str) -> str | None:
+    """The prediction set a file of ``predictions/`` belongs to; ``None`` for one written before sets existed."""
+    tag = file_name.removesuffix(".seg.nrrd").rsplit(".", 1)[-1]
+    return None if _LEGACY_VERSION_TAG.fullmatch(tag) else tag
 
 
 class CaseQueue:
@@ -48,26 +67,49 @@ class CaseQueue:
             case_ids: the new queue.
             model_version: the version whose ranking chose them (recorded for :meth:`queue_model`).
         """
+        with self.database.connect(write=True) as connection:
+            self._apply_queue(connection, case_ids, model_version)
+
+    def stage_queue(self, commit: StoreCommit, case_ids: list[str], model_version: int, prediction_set: str) -> None:
+        """Set the queue as :meth:`set_queue` does, and switch to the prediction set ``prediction_set`` (its files
+        already written, see :meth:`prediction_file`), when ``commit`` commits; the replaced set's files are
+        deleted after the commit."""
+        commit.stage(lambda connection: self._apply_queue(connection, case_ids, model_version, prediction_set))
+
+    def _apply_queue(
+        self, connection: sqlite3.Connection, case_ids: list[str], model_version: int | None,
+        prediction_set: str | None = None,
+    ) -> list[str]:
+        """The queue change inside ``connection``'s transaction; returns the replaced prediction files."""
         wanted = set(case_ids)
         placeholders = ", ".join("?" for _ in _QUEUEABLE_STATES)
-        with self.database.connect(write=True) as connection:
-            now = time.time()
-            if model_version is not None:
-                connection.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_QUEUE_MODEL_KEY, str(int(model_version))))
-            for row in connection.execute(
-                "SELECT case_id, lease_holder, lease_expires FROM cases WHERE state = ?", (CaseState.QUEUED.value,)
-            ).fetchall():
-                if row["case_id"] not in wanted and live_lease_holder(row, now) is None:
-                    connection.execute(
-                        "UPDATE cases SET state = ?, lease_holder = NULL, lease_expires = NULL, updated = ?"
-                        " WHERE case_id = ?",
-                        (CaseState.UNLABELED.value, now, row["case_id"]),
-                    )
-            for case_id in case_ids:
+        now = time.time()
+        if model_version is not None:
+            connection.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_QUEUE_MODEL_KEY, str(int(model_version))))
+        for row in connection.execute(
+            "SELECT case_id, lease_holder, lease_expires FROM cases WHERE state = ?", (CaseState.QUEUED.value,)
+        ).fetchall():
+            if row["case_id"] not in wanted and live_lease_holder(row, now) is None:
                 connection.execute(
-                    f"UPDATE cases SET state = ?, updated = ? WHERE case_id = ? AND state IN ({placeholders})",
-                    (CaseState.QUEUED.value, now, case_id, *(state.value for state in _QUEUEABLE_STATES)),
+                    "UPDATE cases SET state = ?, lease_holder = NULL, lease_expires = NULL, updated = ?"
+                    " WHERE case_id = ?",
+                    (CaseState.UNLABELED.value, now, row["case_id"]),
                 )
+        for case_id in case_ids:
+            connection.execute(
+                f"UPDATE cases SET state = ?, updated = ? WHERE case_id = ? AND state IN ({placeholders})",
+                (CaseState.QUEUED.value, now, case_id, *(state.value for state in _QUEUEABLE_STATES)),
+            )
+        if prediction_set is None:
+            return []
+        row = connection.execute("SELECT value FROM meta WHERE key = ?", (PREDICTION_SET_KEY,)).fetchone()
+        previous = row["value"] if row else None
+        connection.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (PREDICTION_SET_KEY, prediction_set))
+        folder = self.database.meta_dir / PREDICTIONS_DIR
+        if not folder.is_dir():
+            return []
+        return [f"{PREDICTIONS_DIR}/{path.name}" for path in folder.iterdir()
+                if not path.name.startswith(TEMP_MARKER) and prediction_set_of(path.name) == previous]
 
     def queue_model(self) -> int | None:
         """The model version whose ranking chose the queued cases; ``None`` before any ranking. For a datastore
@@ -159,9 +201,20 @@ class CaseQueue:
         return {row["case_id"]: float(row["skipped"]) for row in rows}
 
     def prediction_path(self, case_id: str, model_version: int) -> Path:
-        """Where ranking keeps model ``model_version``'s prediction of a queued case (a ``.seg.nrrd``),
+        """Where the committed ranking keeps model ``model_version``'s prediction of a queued case (a ``.seg.nrrd``),
         served to the annotator as a starting segmentation."""
-        return self.database.meta_dir / "predictions" / f"{validate_case_id(case_id)}.v{int(model_version)}.seg.nrrd"
+        return self.prediction_file(case_id, model_version, self.database.get_meta(PREDICTION_SET_KEY))
+
+    def prediction_file(self, case_id: str, model_version: int, prediction_set: str | None) -> Path:
+        """A prediction's file in set ``prediction_set``: ``predictions/<case>.v<version>.<set>.seg.nrrd``
+        (``<case>.v<version>.seg.nrrd`` without a set: a datastore last ranked before sets existed)."""
+        tag = f".{prediction_set}" if prediction_set else ""
+        return self.database.meta_dir / PREDICTIONS_DIR / f"{validate_case_id(case_id)}.v{int(model_version)}{tag}.seg.nrrd"
+
+    @staticmethod
+    def new_prediction_set() -> str:
+        """A fresh prediction-set name: a ranking writes its predictions under it before its commit switches to it."""
+        return uuid.uuid4().hex[:12]
 
     def lease(self, case_id: str, annotator: str, reopen: bool = False) -> CaseRecord:
         """Lease one case to ``annotator`` for ``config.lease_seconds`` (renews an own lease).

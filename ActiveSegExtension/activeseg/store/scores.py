@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from activeseg.store.commit import StoreCommit
 from activeseg.store.database import Database
 
 __all__ = ["ScoreRecord", "ScoreTable", "score_from_row"]
@@ -37,6 +38,13 @@ def score_from_row(row: sqlite3.Row, version: int | None) -> ScoreRecord | None:
     return ScoreRecord(row["case_id"], version, row["mdsc"], row["confidence"], row["foreground_ml"], row["route"])
 
 
+def _insert_scores(connection: sqlite3.Connection, scores: list[ScoreRecord]) -> None:
+    connection.executemany(
+        "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)",
+        [(s.model_version, s.case_id, s.mdsc, s.confidence, s.foreground_ml, s.route) for s in scores],
+    )
+
+
 class ScoreTable:
     """Storing and reading rankings."""
 
@@ -46,10 +54,11 @@ class ScoreTable:
     def store_scores(self, scores: list[ScoreRecord]) -> None:
         """Insert or replace scores (one model version's ranking)."""
         with self.database.connect(write=True) as connection:
-            connection.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)",
-                [(s.model_version, s.case_id, s.mdsc, s.confidence, s.foreground_ml, s.route) for s in scores],
-            )
+            _insert_scores(connection, scores)
+
+    def stage_scores(self, commit: StoreCommit, scores: list[ScoreRecord]) -> None:
+        """Insert or replace scores when ``commit`` commits."""
+        commit.stage(lambda connection: _insert_scores(connection, scores))
 
     def scores(self, version: int | None) -> dict[str, ScoreRecord]:
         """Scores under model ``version`` by case id; empty when ``version`` is ``None``."""
