@@ -1,8 +1,8 @@
 """ActiveSeg: active-learning CT segmentation in 3D Slicer (the Extension Wizard's scripted-module shape).
 
 Module (metadata), ParameterNode (GUI state, saved with the scene: never the token), Widget (wiring only: every
-backend call runs on a worker thread through :class:`ActiveSegLib.worker.BackgroundTasks`, MRML work on the main
-thread), Logic (Slicer's parameter node over :class:`ActiveSegLib.logic.ActiveSegCoreLogic`, whose sections do the
+backend call runs on a worker thread through :class:`ActiveSegLib.worker.BackgroundTasks`, case files in helper
+processes it polls (:mod:`ActiveSegLib.transfer`), MRML work on the main thread), Logic (Slicer's parameter node over :class:`ActiveSegLib.logic.ActiveSegCoreLogic`, whose sections do the
 work and are tested under pytest with the ``slicer-core`` wheel) and Test (the whole loop against a real local
 backend).
 """
@@ -537,8 +537,9 @@ class ActiveSegLogic(ScriptedLoadableModuleLogic, ActiveSegCoreLogic):
 
     def __init__(self, context: Any = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        # The backend's Python must not inherit Slicer's PYTHONHOME/PYTHONPATH.
-        ActiveSegCoreLogic.__init__(self, context, env=slicer.util.startupEnvironment())
+        # The backend's Python must not inherit Slicer's PYTHONHOME/PYTHONPATH. Case files move in helper
+        # processes: Slicer's main thread holds the GIL while idle, so worker threads would crawl.
+        ActiveSegCoreLogic.__init__(self, context, env=slicer.util.startupEnvironment(), bulk_transfers="process")
 
     def getParameterNode(self) -> ActiveSegParameterNode:
         return ActiveSegParameterNode(super().getParameterNode())

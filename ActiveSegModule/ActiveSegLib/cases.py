@@ -7,6 +7,12 @@ Threading contract (Slicer's Qt and MRML objects belong to the main thread):
       ``forget_scene`` touch MRML only (never the network): call them on the main thread.
     * ``load_next_case`` and ``submit`` do both, for scripts, tests and ``runTest``.
 
+Bulk files move as the session's ``bulk_transfers`` says: on the worker thread itself, or (inside Slicer) by helper
+processes, in which case ``fetch_*`` return a :class:`CaseDownload` still in transit (a
+:class:`~ActiveSegLib.worker.Deferred` whose parts download side by side) and ``upload_submission`` a transfer
+whose result is the case: :class:`~ActiveSegLib.worker.BackgroundTasks` hands ``on_done`` the finished value,
+scripts use :func:`~ActiveSegLib.worker.settle`.
+
 Unsubmitted work is never dropped silently: every case segmentation is watched for edits
 (:meth:`CasesSection.has_unsaved_edits`), the widget asks before Next replaces an edited case, and the lease of
 a case the user walks away from is given back (:meth:`CasesSection.fetch_next_case` releases the previous one).
@@ -31,6 +37,7 @@ from .errors import ClientError, MrmlBridgeError
 from .responses import Case
 from .session import BackendSession
 from .uncertainty import UncertaintyOverlay
+from .worker import Deferred, settle
 
 __all__ = ["CaseDownload", "LoadedCase", "QueueRow", "ReviewRow", "EditWatch", "CasesSection"]
 
@@ -89,6 +96,10 @@ class ReviewRow(QueueRow):
 class CaseDownload:
     """What a ``fetch_*`` call brought back (bytes only: no MRML yet).
 
+    With helper-process transfers the files are still in transit when a ``fetch_*`` returns: the parts are then
+    :class:`~ActiveSegLib.worker.Deferred` and so is this object (:meth:`step`, :meth:`result`, :meth:`cancel`);
+    :meth:`result` gives the settled download. A settled download is its own result.
+
     Attributes:
         case: the (leased) case.
         annotator: who leased it (empty for a review-only download).
@@ -100,15 +111,51 @@ class CaseDownload:
 
     case: Case
     annotator: str
-    image: Download
-    start: Download | None = None
+    image: Download | Deferred
+    start: Download | Deferred | None = None
     start_kind: str = ""
-    uncertainty: Download | None = None
+    uncertainty: Download | Deferred | None = None
 
     @property
     def case_id(self) -> str:
         """The case's id."""
         return self.case.case_id
+
+    def _in_transit(self) -> list[Deferred]:
+        return [part for part in (self.image, self.start, self.uncertainty) if isinstance(part, Deferred)]
+
+    @property
+    def settled(self) -> bool:
+        """Whether every file has arrived (bytes in hand)."""
+        return not self._in_transit()
+
+    def step(self) -> bool:
+        """Advance every file in transit (they move side by side); ``True`` once all arrived. Never blocks."""
+        finished = True
+        for part in self._in_transit():
+            finished = part.step() and finished
+        return finished
+
+    def result(self) -> CaseDownload:
+        """The settled download (an optional file that the case lacks is ``None``; ``start_kind`` is then ``""``).
+
+        Raises:
+            ClientError: a transfer's typed error (the other transfers' files are removed).
+        """
+        if self.settled:
+            return self
+        try:
+            image, start, uncertainty = (part.result() if isinstance(part, Deferred) else part
+                                         for part in (self.image, self.start, self.uncertainty))
+        finally:
+            self.cancel()  # what the other parts left behind after an error
+        return CaseDownload(case=self.case, annotator=self.annotator, image=image, start=start,
+                            start_kind=self.start_kind if start is not None else "", uncertainty=uncertainty)
+
+    def cancel(self) -> None:
+        """Stop the transfers still running and remove their files (idempotent)."""
+        for part in self._in_transit():
+            part.cancel()
 
 
 class EditWatch:
@@ -215,19 +262,17 @@ class CasesSection:
         The starting segmentation is the case's pseudo-label when it has one, else the active model's
         prediction when the backend serves it, else none.
         """
-        client = self.session.client
-        if not self.session.labels:
-            self.session.refresh_info()  # worker thread: the label set is needed to build the nodes
-        image = client.download_image(case.case_id)
-        start: Download | None = None
-        kind = ""
+        session = self.session
+        if not session.labels:
+            session.refresh_info()  # worker thread: the label set is needed to build the nodes
+        image = session.download("image", case.case_id)
         # (The cached info may predate the last training round: ask, a missing file is a cheap 409.)
         if case.has_pseudo:
-            start, kind = client.download_pseudo(case.case_id), "pseudo"
+            start, kind = session.download("pseudo", case.case_id), "pseudo"
         else:
-            start = client.download_prediction(case.case_id)
+            start = session.download("prediction", case.case_id)
             kind = "prediction" if start is not None else ""
-        uncertainty = client.download_uncertainty(case.case_id)
+        uncertainty = session.download("uncertainty", case.case_id)
         return CaseDownload(case=case, annotator=annotator, image=image, start=start, start_kind=kind,
                             uncertainty=uncertainty)
 
@@ -303,16 +348,16 @@ class CasesSection:
             ValueError: empty annotator name. BackendRequestError: 409 ``leased`` (a colleague holds it).
         """
         annotator = _annotator(annotator)
-        client = self.session.client
-        case = client.lease(case_id, annotator, reopen=True)
+        session = self.session
+        case = session.client.lease(case_id, annotator, reopen=True)
         if release and release != case_id:
             self.release_lease(release, annotator)
-        if not self.session.labels:
-            self.session.refresh_info()
-        start = client.download_label(case_id) if case.has_label else None
-        return CaseDownload(case=case, annotator=annotator, image=client.download_image(case_id), start=start,
+        if not session.labels:
+            session.refresh_info()
+        start = session.download("label", case_id) if case.has_label else None
+        return CaseDownload(case=case, annotator=annotator, image=session.download("image", case_id), start=start,
                             start_kind="label" if start is not None else "",
-                            uncertainty=client.download_uncertainty(case_id))
+                            uncertainty=session.download("uncertainty", case_id))
 
     def release_lease(self, case_id: str, annotator: str) -> bool:
         """Give a case's lease back so others can take it. Network; worker thread.
@@ -349,7 +394,11 @@ class CasesSection:
 
         Raises:
             ClientError: the label set is unknown (not connected). MrmlBridgeError: unreadable image bytes.
+            ValueError: the download is still in transit (:func:`~ActiveSegLib.worker.settle` it first).
         """
+        if not download.settled:
+            raise ValueError(f"the download of {download.case_id!r} has not arrived yet")
+        assert isinstance(download.image, Download)
         labels = self.session.require_labels()
         ctx = self.session.context
         if replace_previous and self.current is not None:
@@ -448,17 +497,19 @@ class CasesSection:
         return mrml.labelmap_bytes_from_segmentation(self.session.context, segmentation_node, volume_node,
                                                      self.session.require_labels(), suffix=".nii.gz")
 
-    def upload_submission(self, case_id: str, data: bytes, annotator: str, no_finding: bool = False) -> Case:
+    def upload_submission(self, case_id: str, data: bytes, annotator: str,
+                          no_finding: bool = False) -> Case | Deferred:
         """Send an encoded label. Network; worker thread.
 
         Returns:
-            the case after submission (state ``labeled``).
+            the case after submission (state ``labeled``); with helper-process transfers, the transfer whose
+            result it is.
 
         Raises:
             BackendRequestError: e.g. 422 an empty label without ``no_finding``, 409 leased by someone else.
         """
-        return self.session.client.submit_label(case_id, data, annotator, no_finding=no_finding,
-                                                file_format=".nii.gz", timeout_s=max(self.session.timeout_s, 120.0))
+        return self.session.upload_label(case_id, data, annotator, no_finding=no_finding, file_format=".nii.gz",
+                                         timeout_s=max(self.session.timeout_s, 120.0))
 
     def mark_submitted(self, case_id: str) -> None:
         """The case's label reached the backend: its edits are no longer unsaved. Main thread."""
@@ -477,7 +528,7 @@ class CasesSection:
         download = self.fetch_next_case(annotator, release=previous)
         if download is None:
             return None
-        return self.build_case_nodes(download)
+        return self.build_case_nodes(settle(download))
 
     def skip_current(self) -> LoadedCase | None:
         """Skip the case shown and load the next one (network + MRML; for scripts and tests).
@@ -492,17 +543,17 @@ class CasesSection:
         if loaded is None or not loaded.annotator:
             raise ClientError("no leased case is shown: nothing to skip")
         download = self.fetch_after_skip(loaded.case_id, loaded.annotator)
-        return None if download is None else self.build_case_nodes(download)
+        return None if download is None else self.build_case_nodes(settle(download))
 
     def load_case(self, case_id: str, annotator: str) -> LoadedCase:
         """Lease and load a chosen case, releasing the lease of the one shown (network + MRML; scripts and tests)."""
         previous = self.current.case_id if self.current is not None and self.current.annotator else None
-        return self.build_case_nodes(self.fetch_chosen_case(case_id, annotator, release=previous))
+        return self.build_case_nodes(settle(self.fetch_chosen_case(case_id, annotator, release=previous)))
 
     def reopen_case(self, case_id: str, annotator: str) -> LoadedCase:
         """Re-open a labelled or accepted case with its label to edit (network + MRML; scripts and tests)."""
         previous = self.current.case_id if self.current is not None and self.current.annotator else None
-        return self.build_case_nodes(self.fetch_reopened_case(case_id, annotator, release=previous))
+        return self.build_case_nodes(settle(self.fetch_reopened_case(case_id, annotator, release=previous)))
 
     def submit(self, no_finding: bool = False) -> Case:
         """Encode and submit the current case's segmentation (network + MRML; for scripts and tests).
@@ -514,6 +565,6 @@ class CasesSection:
         if loaded is None:
             raise ClientError("no case loaded: load the next case before submitting")
         data = self.encode_submission(loaded.segmentation_node, loaded.volume_node)
-        case = self.upload_submission(loaded.case_id, data, loaded.annotator, no_finding=no_finding)
+        case = settle(self.upload_submission(loaded.case_id, data, loaded.annotator, no_finding=no_finding))
         self.mark_submitted(loaded.case_id)
         return case

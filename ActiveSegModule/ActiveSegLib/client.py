@@ -1,6 +1,7 @@
 """HTTP client of the ActiveSeg backend's ``/v1`` API. Stdlib only (``urllib``), so it runs in Slicer's Python.
 
-Every call blocks: inside Slicer run it off the main thread (:class:`ActiveSegLib.worker.BackgroundTasks`). The
+Every call blocks: inside Slicer run it off the main thread (:class:`ActiveSegLib.worker.BackgroundTasks`), and
+large files in a helper process (:mod:`ActiveSegLib.transfer`, which runs :meth:`ActiveSegClient.stream`). The
 protocol is the backend's OpenAPI (``GET /v1/openapi.json``) plus the example bodies under
 ``Testing/fixtures/api/``; this file is written against those, never copied from the server.
 
@@ -26,23 +27,53 @@ import email.message
 import ipaddress
 import json
 import logging
+import os
+import shutil
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError, ProtocolError
 from .protocol import API_PREFIX, UPLOAD_FORMATS, file_suffix
 from .responses import Activation, Case, CaseList, CurvePoint, Info, Job, ModelList, ModelVersion, Queue
 
-__all__ = ["ActiveSegClient", "Download"]
+__all__ = ["ActiveSegClient", "Download", "CHUNK_BYTES", "OPTIONAL_FILES", "file_path", "is_absent"]
 
 logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
+
+#: Bytes per read/write when a body is streamed to or from a file (1 MiB).
+CHUNK_BYTES = 1 << 20
+
+#: The case files a case may lack without that being an error (the download gives ``None``).
+OPTIONAL_FILES: tuple[str, ...] = ("prediction", "uncertainty")
+
+
+def file_path(kind: str, case_id: str) -> str:
+    """The API path (below ``/v1``) of one of a case's files.
+
+    Args:
+        kind: ``image``, ``label``, ``pseudo``, ``prediction`` or ``uncertainty``.
+        case_id: the case (escaped here).
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind not in ("image", "label", "pseudo") + OPTIONAL_FILES:
+        raise ValueError(f"unknown case file {kind!r}")
+    return f"/cases/{_quote(case_id)}/{kind}"
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether an error of an optional file's download means "the case has none": 409 (none written), 405 or
+    404 ``not_found`` (an older backend without the route). An unknown case (404 ``unknown_case``) is not."""
+    return isinstance(exc, BackendRequestError) and (
+        (exc.status == 404 and exc.code == "not_found") or exc.status in (405, 409))
 
 
 @dataclass(frozen=True)
@@ -134,22 +165,34 @@ class ActiveSegClient:
                 url += "?" + urllib.parse.urlencode(query)
         return url
 
-    def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: bytes | None = None,
-              content_type: str | None = None, accept: str = _JSON,
-              timeout_s: float | None = None) -> tuple[bytes, email.message.Message]:
-        """One request; returns (body, headers) of a 2xx answer or raises a typed :class:`ClientError`."""
+    def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              body: bytes | BinaryIO | None = None, content_type: str | None = None, accept: str = _JSON,
+              timeout_s: float | None = None, sink: BinaryIO | None = None) -> tuple[bytes, email.message.Message]:
+        """One request; returns (body, headers) of a 2xx answer or raises a typed :class:`ClientError`.
+
+        Args:
+            body: the request body: bytes, or a seekable binary file sent from its current position to its end
+                (in chunks, never whole in memory).
+            sink: a binary file the answer's body is copied into in :data:`CHUNK_BYTES` chunks (then the returned
+                body is ``b""``); ``None``: the body is read into memory.
+        """
         url = self._url(path, params)
         request = urllib.request.Request(url, data=body, method=method)
         request.add_header("Accept", accept)
         if content_type:
             request.add_header("Content-Type", content_type)
+        if body is not None and not isinstance(body, (bytes, bytearray)):
+            request.add_header("Content-Length", str(os.fstat(body.fileno()).st_size - body.tell()))
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         timeout = self.timeout_s if timeout_s is None else timeout_s
         logger.debug("%s %s", method, url)
         try:
             with self._opener.open(request, timeout=timeout) as response:
-                return response.read(), response.headers
+                if sink is None:
+                    return response.read(), response.headers
+                shutil.copyfileobj(response, sink, CHUNK_BYTES)
+                return b"", response.headers
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc, url) from None
         except urllib.error.URLError as exc:
@@ -204,6 +247,30 @@ class ActiveSegClient:
                   timeout_s: float | None = None) -> Download:
         data, headers = self._send("GET", path, params=params, accept=_BINARY, timeout_s=timeout_s)
         return Download(data=data, filename=_filename(headers))
+
+    def stream(self, method: str, path: str, sink: BinaryIO, *, params: dict[str, Any] | None = None,
+               source: BinaryIO | None = None, accept: str = _BINARY, timeout_s: float | None = None) -> str:
+        """One request whose bodies stream between files (what the transfer helper process runs).
+
+        Args:
+            method: ``GET`` (a download) or ``PUT`` (an upload).
+            path: below ``/v1``, e.g. :func:`file_path` ``("image", case_id)``.
+            sink: binary file that receives the answer's body.
+            params: query parameters.
+            source: binary file sent as the request body (``application/octet-stream``), or ``None``.
+            accept: the ``Accept`` header.
+            timeout_s: override the client's timeout (seconds to connect and for each read).
+
+        Returns:
+            the file name the backend gave (``Content-Disposition``), or ``""``.
+
+        Raises:
+            ClientError: the typed errors of every other call.
+        """
+        _, headers = self._send(method, path, params=params, body=source,
+                                content_type=_BINARY if source is not None else None, accept=accept,
+                                timeout_s=timeout_s, sink=sink)
+        return _filename(headers)
 
     # ------------------------------------------------------------------ info
 
@@ -265,15 +332,15 @@ class ActiveSegClient:
 
     def download_image(self, case_id: str, timeout_s: float | None = None) -> Download:
         """``GET /v1/cases/{id}/image``: the image file as stored (NIfTI or NRRD; see :attr:`Download.suffix`)."""
-        return self._download(f"/cases/{_quote(case_id)}/image", timeout_s=timeout_s)
+        return self._download(file_path("image", case_id), timeout_s=timeout_s)
 
     def download_label(self, case_id: str, timeout_s: float | None = None) -> Download:
         """``GET /v1/cases/{id}/label``: the expert/accepted label as ``.seg.nrrd``. 409 when there is none."""
-        return self._download(f"/cases/{_quote(case_id)}/label", timeout_s=timeout_s)
+        return self._download(file_path("label", case_id), timeout_s=timeout_s)
 
     def download_pseudo(self, case_id: str, timeout_s: float | None = None) -> Download:
         """``GET /v1/cases/{id}/pseudo``: the pending pseudo-label as ``.seg.nrrd``. 409 when there is none."""
-        return self._download(f"/cases/{_quote(case_id)}/pseudo", timeout_s=timeout_s)
+        return self._download(file_path("pseudo", case_id), timeout_s=timeout_s)
 
     def download_prediction(self, case_id: str, timeout_s: float | None = None) -> Download | None:
         """The active model's prediction for a case as ``.seg.nrrd``, to start editing from.
@@ -285,13 +352,7 @@ class ActiveSegClient:
         Returns:
             the prediction, or ``None`` when the backend offers none.
         """
-        try:
-            return self._download(f"/cases/{_quote(case_id)}/prediction", timeout_s=timeout_s)
-        except BackendRequestError as exc:
-            if (exc.status == 404 and exc.code == "not_found") or exc.status in (405, 409):
-                logger.debug("no prediction for %s: %s", case_id, exc)
-                return None
-            raise
+        return self._download_optional("prediction", case_id, timeout_s)
 
     def download_uncertainty(self, case_id: str, timeout_s: float | None = None) -> Download | None:
         """The case's voxel-wise uncertainty map (uint8 percent NRRD in the image's geometry), if ranking wrote one.
@@ -299,11 +360,14 @@ class ActiveSegClient:
         ``GET /v1/cases/{id}/uncertainty``. Returns ``None`` when the case has no map (409) or an older backend
         lacks the route (404 ``not_found``). An unknown case still raises (404 ``unknown_case``).
         """
+        return self._download_optional("uncertainty", case_id, timeout_s)
+
+    def _download_optional(self, kind: str, case_id: str, timeout_s: float | None) -> Download | None:
         try:
-            return self._download(f"/cases/{_quote(case_id)}/uncertainty", timeout_s=timeout_s)
+            return self._download(file_path(kind, case_id), timeout_s=timeout_s)
         except BackendRequestError as exc:
-            if (exc.status == 404 and exc.code == "not_found") or exc.status in (405, 409):
-                logger.debug("no uncertainty map for %s: %s", case_id, exc)
+            if is_absent(exc):
+                logger.debug("no %s for %s: %s", kind, case_id, exc)
                 return None
             raise
 
@@ -327,13 +391,30 @@ class ActiveSegClient:
             ValueError: an unsupported ``file_format``.
             BackendRequestError: 409 leased by someone else, 422 invalid label (geometry, values, empty), ...
         """
+        path, params = self.label_upload(case_id, annotator, no_finding=no_finding, file_format=file_format)
+        body, _ = self._send("PUT", path, body=bytes(data), content_type=_BINARY, params=params, timeout_s=timeout_s)
+        return self.uploaded_case(body)
+
+    @staticmethod
+    def label_upload(case_id: str, annotator: str, *, no_finding: bool = False,
+                     file_format: str = ".seg.nrrd") -> tuple[str, dict[str, Any]]:
+        """The path and query of :meth:`submit_label`'s ``PUT`` (shared with the helper-process upload).
+
+        Raises:
+            ValueError: an unsupported ``file_format``.
+        """
         if file_format not in UPLOAD_FORMATS:
             raise ValueError(f"file_format must be one of {UPLOAD_FORMATS}, got {file_format!r}")
-        body, _ = self._send(
-            "PUT", f"/cases/{_quote(case_id)}/label", body=bytes(data), content_type=_BINARY,
-            params={"annotator": annotator, "no_finding": bool(no_finding), "format": file_format},
-            timeout_s=timeout_s,
-        )
+        return (f"/cases/{_quote(case_id)}/label",
+                {"annotator": annotator, "no_finding": bool(no_finding), "format": file_format})
+
+    @staticmethod
+    def uploaded_case(body: bytes) -> Case:
+        """The case the backend answered a label upload with.
+
+        Raises:
+            ClientError: the body is not JSON. ProtocolError: it lacks a field of a case.
+        """
         try:
             return Case.from_json(json.loads(body.decode("utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -18,6 +18,7 @@ talk to the backend (worker thread) and which touch MRML (main thread).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 from . import mrml
 from .cases import CasesSection
@@ -41,11 +42,15 @@ class ActiveSegCoreLogic:
         context: scene and segmentations logic; ``None``: :meth:`MrmlContext.from_slicer` on first use (Slicer).
         env: environment for a local backend process (inside Slicer pass ``slicer.util.startupEnvironment()``).
         timeout_s: HTTP timeout, seconds.
+        bulk_transfers: ``"process"`` inside Slicer: case files and label uploads move in helper processes, and
+            the ``fetch_*`` / ``upload_submission`` calls return deferred values that
+            :class:`~ActiveSegLib.worker.BackgroundTasks` steps on its poll (see :mod:`ActiveSegLib.transfer`);
+            ``"thread"`` (default): they move on the calling thread.
     """
 
     def __init__(self, context: mrml.MrmlContext | None = None, *, env: Mapping[str, str] | None = None,
-                 timeout_s: float = 30.0) -> None:
-        self.session = BackendSession(context, env=env, timeout_s=timeout_s)
+                 timeout_s: float = 30.0, bulk_transfers: Literal["thread", "process"] = "thread") -> None:
+        self.session = BackendSession(context, env=env, timeout_s=timeout_s, bulk_transfers=bulk_transfers)
         self.cases = CasesSection(self.session)
         self.review = ReviewSection(self.session, self.cases)
         self.training = TrainingSection(self.session)

@@ -1,6 +1,7 @@
 """The Logic's "Review" section: pseudo-labels awaiting review, shown as an overlay; accept or reject them.
 
-Threading: ``pending``, ``fetch_pseudo``, ``accept`` and ``reject`` talk to the backend (worker thread);
+Threading: ``pending``, ``fetch_pseudo``, ``accept`` and ``reject`` talk to the backend (worker thread;
+``fetch_pseudo`` may return its download still in transit, see :mod:`ActiveSegLib.cases`);
 ``build_pseudo_nodes``, ``has_unsaved_edits`` and ``forget_scene`` touch MRML (main thread); ``load_pseudo_label``
 does both (scripts and tests). An edited overlay is never replaced silently: the widget asks first when
 :meth:`ReviewSection.has_unsaved_edits` (edit-and-submit turns it into an expert label through Submit).
@@ -18,6 +19,7 @@ from .cases import CaseDownload, CasesSection, EditWatch, LoadedCase, QueueRow, 
 from .client import Download
 from .responses import Case
 from .session import BackendSession
+from .worker import settle
 
 __all__ = ["ReviewSection"]
 
@@ -81,10 +83,10 @@ class ReviewSection:
             case_id: the case to review.
             shown_case_id: the case whose volume is already in the scene (read on the main thread beforehand).
         """
-        client = self.session.client
-        case = client.case(case_id)
-        image = Download(b"", "") if shown_case_id == case_id else client.download_image(case_id)
-        return CaseDownload(case=case, annotator="", image=image, start=client.download_pseudo(case_id),
+        session = self.session
+        case = session.client.case(case_id)
+        image = Download(b"", "") if shown_case_id == case_id else session.download("image", case_id)
+        return CaseDownload(case=case, annotator="", image=image, start=session.download("pseudo", case_id),
                             start_kind="pseudo")
 
     def has_unsaved_edits(self) -> bool:
@@ -103,6 +105,8 @@ class ReviewSection:
         """
         ctx = self.session.context
         case_id = download.case_id
+        if not download.settled:
+            raise ValueError(f"the download of {case_id!r} has not arrived yet")
         if download.start is None:
             raise ValueError(f"no pseudo-label was downloaded for {case_id!r}")
         if self.review is not None:
@@ -135,7 +139,7 @@ class ReviewSection:
             the ``vtkMRMLSegmentationNode`` (its volume is :attr:`review`'s ``volume_node``).
         """
         shown = self.cases.current.case_id if self.cases.current is not None else None
-        return self.build_pseudo_nodes(self.fetch_pseudo(case_id, shown)).segmentation_node
+        return self.build_pseudo_nodes(settle(self.fetch_pseudo(case_id, shown))).segmentation_node
 
     def accept(self, case_id: str) -> Case:
         """Accept a pseudo-label as the case's label (state ``accepted``). Network; worker thread."""

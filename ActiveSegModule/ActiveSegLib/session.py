@@ -5,6 +5,12 @@ info and label set, and the local backend's process. Every method that talks to 
 worker thread (:class:`ActiveSegLib.worker.BackgroundTasks`); only :attr:`labels` is read on the main thread, and
 it never fetches (a section that needs labels before they are known raises instead of blocking the UI).
 
+Bulk transfers (case images, labels, predictions, maps; label uploads) go through :meth:`BackendSession.download`
+and :meth:`BackendSession.upload_label`. With ``bulk_transfers="thread"`` (scripts, tests, plain Python) they
+run on the calling thread and return the value; with ``"process"`` (inside Slicer, where worker threads crawl: see
+:mod:`ActiveSegLib.transfer`) they return a :class:`~ActiveSegLib.transfer.ProcessTransfer` that the poll timer
+advances and that :func:`~ActiveSegLib.worker.settle` waits for.
+
 Local backends are tracked from the moment their process is spawned, so Stop (or closing Slicer) during the
 start-up wait ends them, and a second Start for the same interpreter and datastore joins the one already
 starting or running instead of spawning another.
@@ -15,12 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from typing import Literal
 
 from . import mrml
-from .client import ActiveSegClient
+from . import transfer
+from .client import ActiveSegClient, Download
 from .errors import BackendStartError, ClientError
 from .launcher import BackendLauncher
-from .responses import Info
+from .responses import Case, Info
 
 __all__ = ["BackendSession"]
 
@@ -35,13 +43,21 @@ class BackendSession:
         env: environment for a local backend process (inside Slicer pass ``slicer.util.startupEnvironment()``,
             so the backend's Python does not inherit Slicer's ``PYTHONHOME``); ``None``: this process's, cleaned.
         timeout_s: HTTP timeout of the client made by :meth:`connect`, seconds.
+        bulk_transfers: ``"thread"``: downloads and uploads run on the calling thread; ``"process"``: by helper
+            processes (:mod:`ActiveSegLib.transfer`), returned as deferred values.
+        transfer_temp_dir: where ``"process"`` transfers keep their files; default: the system's temporary folder.
     """
 
     def __init__(self, context: mrml.MrmlContext | None = None, *, env: Mapping[str, str] | None = None,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, bulk_transfers: Literal["thread", "process"] = "thread",
+                 transfer_temp_dir: str | None = None) -> None:
+        if bulk_transfers not in ("thread", "process"):
+            raise ValueError(f"bulk_transfers must be 'thread' or 'process', got {bulk_transfers!r}")
         self._context = context
         self.env = dict(env) if env is not None else None
         self.timeout_s = float(timeout_s)
+        self.bulk_transfers = bulk_transfers
+        self.transfer_temp_dir = transfer_temp_dir
         self._client: ActiveSegClient | None = None
         self._lock = threading.Lock()  # guards launcher and client against Start/Stop from two threads
         self.launcher: BackendLauncher | None = None
@@ -112,6 +128,34 @@ class BackendSession:
         info = self.client.info()
         self._set_info(info)
         return info
+
+    def download(self, kind: str, case_id: str) -> Download | None | transfer.ProcessTransfer:
+        """One of a case's files. Network (``"thread"``: blocks; ``"process"``: returns the unstarted transfer).
+
+        Args:
+            kind: ``image``, ``label``, ``pseudo``, ``prediction`` or ``uncertainty``; the last two give ``None``
+                when the case has none.
+
+        Raises:
+            ClientError: the typed errors of :class:`ActiveSegClient` (``"process"``: from the transfer's result).
+        """
+        client = self.client
+        if self.bulk_transfers == "process":
+            return transfer.download_file(client, kind, case_id, temp_dir=self.transfer_temp_dir)
+        method = getattr(client, f"download_{kind}")
+        return method(case_id)
+
+    def upload_label(self, case_id: str, data: bytes, annotator: str, *, no_finding: bool = False,
+                     file_format: str = ".nii.gz", timeout_s: float | None = None) -> Case | transfer.ProcessTransfer:
+        """``PUT`` a label file (see :meth:`ActiveSegClient.submit_label`). Network (``"thread"``: blocks and returns
+        the case; ``"process"``: returns the unstarted transfer whose result is the case)."""
+        client = self.client
+        if self.bulk_transfers == "process":
+            return transfer.upload_label(client, case_id, data, annotator, no_finding=no_finding,
+                                         file_format=file_format, timeout_s=timeout_s,
+                                         temp_dir=self.transfer_temp_dir)
+        return client.submit_label(case_id, data, annotator, no_finding=no_finding, file_format=file_format,
+                                   timeout_s=timeout_s)
 
     def start_local_backend(self, python: str, data_dir: str, token: str | None = None,
                             timeout_s: float = 120.0) -> Info:

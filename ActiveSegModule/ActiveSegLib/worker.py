@@ -8,6 +8,11 @@ finished tasks land in a :class:`queue.Queue`, and :meth:`BackgroundTasks.poll` 
 ``qt.QTimer``, e.g. every 100 ms) runs their ``on_done``/``on_error`` callbacks on the caller's thread. Keeping
 Qt out of this file makes it testable with plain pytest.
 
+A task may return a :class:`Deferred` instead of its final value: work that goes on outside this interpreter (a
+download by a helper process, :mod:`ActiveSegLib.transfer`) and that :meth:`BackgroundTasks.poll` advances with
+``step()`` on the main thread, cheaply, until it is finished; ``on_done`` then gets its ``result()``. Cancelling the
+task or shutting the pool down cancels it (the helper is killed, its files removed). Scripts wait with :func:`settle`.
+
 Example (in a widget):
     >>> tasks = BackgroundTasks()                                                   # doctest: +SKIP
     >>> timer = qt.QTimer(); timer.timeout.connect(tasks.poll); timer.start(100)   # doctest: +SKIP
@@ -23,9 +28,9 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["BackgroundTasks", "TaskHandle"]
+__all__ = ["BackgroundTasks", "Deferred", "TaskHandle", "settle"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,42 @@ class TaskHandle:
 _Callback = Callable[[Any], None]
 
 
+@runtime_checkable
+class Deferred(Protocol):
+    """A value still being produced outside this interpreter, advanced by polling (never by blocking).
+
+    ``step`` may be called often (every poll tick) and must return at once; ``result`` is read once ``step``
+    returned ``True``; ``cancel`` stops the work and frees what it holds (idempotent).
+    """
+
+    def step(self) -> bool:
+        """Advance without blocking; ``True`` once :meth:`result` is ready."""
+
+    def result(self) -> Any:
+        """The final value (or raise the work's error)."""
+
+    def cancel(self) -> None:
+        """Stop the work and clean up."""
+
+
+def settle(value: Any, interval_s: float = 0.01) -> Any:
+    """``value`` itself, or, for a :class:`Deferred`, its result once finished (blocking: scripts and tests).
+
+    An exception (or KeyboardInterrupt) while waiting cancels the deferred work before it propagates.
+    """
+    if not isinstance(value, Deferred):
+        return value
+    import time
+
+    try:
+        while not value.step():
+            time.sleep(interval_s)
+        return value.result()
+    except BaseException:
+        value.cancel()
+        raise
+
+
 class BackgroundTasks:
     """A small thread pool whose results are delivered by :meth:`poll` on the polling thread.
 
@@ -89,6 +130,9 @@ class BackgroundTasks:
         self._pending: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
+        #: Tasks whose function returned a :class:`Deferred`, stepped by :meth:`poll` (main thread only).
+        self._deferred: dict[int, tuple[str, threading.Event, _Callback | None,
+                                        Callable[[BaseException], None] | None, Deferred]] = {}
 
     @property
     def pending(self) -> int:
@@ -130,7 +174,7 @@ class BackgroundTasks:
             except BaseException as exc:  # noqa: BLE001 - delivered to on_error, never lost in the pool
                 self._results.put((self._deliver_error, (task_id, label, cancelled, on_error, exc)))
             else:
-                self._results.put((self._deliver_done, (task_id, label, cancelled, on_done, result)))
+                self._results.put((self._deliver_done, (task_id, label, cancelled, on_done, result, on_error)))
 
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.put((future, run))
@@ -145,7 +189,8 @@ class BackgroundTasks:
         self._results.put((fn, args))
 
     def poll(self, max_items: int | None = None) -> int:
-        """Deliver finished tasks' callbacks on the calling (main) thread. Never blocks.
+        """Deliver finished tasks' callbacks on the calling (main) thread, and step deferred results (each
+        ``step()`` returns at once). Never blocks.
 
         A callback that raises is logged and does not stop the others (a QTimer slot must not raise).
 
@@ -167,6 +212,10 @@ class BackgroundTasks:
             except Exception:  # noqa: BLE001 - keep the timer alive
                 logger.exception("ActiveSeg callback %r failed", getattr(fn, "__name__", fn))
             delivered += 1
+        for task_id in list(self._deferred):
+            if max_items is not None and delivered >= max_items:
+                break
+            delivered += self._step_deferred(task_id)
         return delivered
 
     def wait_idle(self, timeout_s: float = 10.0, interval_s: float = 0.01) -> bool:
@@ -196,6 +245,9 @@ class BackgroundTasks:
             self._closed = True
             self._pending.clear()
             threads = list(self._threads)
+        deferred, self._deferred = self._deferred, {}
+        for *_, work in deferred.values():  # helper processes killed, their files removed: nothing waits
+            self._cancel_quietly(work)
         while True:  # cancel what has not started
             try:
                 job = self._jobs.get_nowait()
@@ -246,12 +298,58 @@ class BackgroundTasks:
             self._pending.discard(task_id)
 
     def _deliver_done(self, task_id: int, label: str, cancelled: threading.Event, on_done: _Callback | None,
-                      result: Any) -> None:
+                      result: Any, on_error: Callable[[BaseException], None] | None = None) -> None:
+        if isinstance(result, Deferred):
+            if cancelled.is_set() or self._closed:
+                self._forget(task_id)
+                self._cancel_quietly(result)
+                logger.debug("task %s finished after it was cancelled; deferred work cancelled", label)
+                return
+            self._deferred[task_id] = (label, cancelled, on_done, on_error, result)
+            self._step_deferred(task_id)
+            return
         self._forget(task_id)
         if cancelled.is_set():
             logger.debug("task %s finished after it was cancelled; result dropped", label)
         elif on_done is not None:
             on_done(result)
+
+    def _step_deferred(self, task_id: int) -> int:
+        """Advance one deferred result; deliver it when finished. Returns 1 when a callback was delivered."""
+        label, cancelled, on_done, on_error, work = self._deferred[task_id]
+        if cancelled.is_set():
+            del self._deferred[task_id]
+            self._forget(task_id)
+            self._cancel_quietly(work)
+            logger.debug("task %s cancelled while its deferred work ran", label)
+            return 0
+        try:
+            if not work.step():
+                return 0
+            value = work.result()
+        except Exception as exc:  # noqa: BLE001 - delivered to on_error like a task's own failure
+            del self._deferred[task_id]
+            self._cancel_quietly(work)
+            try:
+                self._deliver_error(task_id, label, cancelled, on_error, exc)
+            except Exception:  # noqa: BLE001 - keep the timer alive
+                logger.exception("ActiveSeg error callback of %s failed", label)
+            return 1
+        del self._deferred[task_id]
+        self._forget(task_id)
+        try:
+            if on_done is not None:
+                on_done(value)
+        except Exception:  # noqa: BLE001 - keep the timer alive
+            logger.exception("ActiveSeg callback of %s failed", label)
+        return 1
+
+    @staticmethod
+    def _cancel_quietly(work: Deferred) -> None:
+        try:
+            work.cancel()
+        except Exception:  # noqa: BLE001 - cleanup must not stop the others
+            logger.exception("cancelling deferred work %r failed", work)
 
     def _deliver_error(self, task_id: int, label: str, cancelled: threading.Event,
                        on_error: Callable[[BaseException], None] | None, exc: BaseException) -> None:
