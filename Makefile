@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-gpu venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m Testing.benchmarks.run_all
+
+# One short call on a lent GPU (2-4 min on an H100): training steps/s with AMP on/off and GPU utilisation, ALNT vs
+# plain step, ranking volumes/s; writes bench_output/bench_gpu.json and .md.
+bench-gpu: $(STAMP)
+	$(PY) -m Testing.benchmarks.bench_gpu
 
 clean:
 	rm -rf $(VENV) demo_output bench_output
