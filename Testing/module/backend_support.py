@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SHAPE", "TINY_SETTINGS", "FIXTURES", "make_store", "fixture", "ground_truth_path"]
+__all__ = ["SHAPE", "TINY_SETTINGS", "FIXTURES", "make_store", "fixture", "ground_truth_path", "running_backend"]
 
 #: Phantom grid (k, j, i) voxels.
 SHAPE = (16, 32, 32)
@@ -52,3 +54,18 @@ def make_store(root: Path, count: int = 8) -> tuple[Path, Path]:
 def ground_truth_path(source: Path, case_id: str) -> Path:
     """The phantom's ground-truth labelmap file."""
     return source / "labelsTr" / f"{case_id}.nii.gz"
+
+
+@contextmanager
+def running_backend(folder: Path, token: str, count: int = 4) -> Iterator[tuple[str, Path]]:
+    """A real backend with a bearer ``token`` on a ``count``-phantom datastore in ``folder``: (URL, phantom folder);
+    stopped when the block ends."""
+    from ActiveSegLib.launcher import BackendLauncher
+
+    store, source = make_store(folder, count=count)
+    launcher = BackendLauncher(sys.executable, str(store), token=token)
+    url = launcher.start(timeout_s=120)
+    try:
+        yield url, source
+    finally:
+        launcher.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +16,9 @@ import pytest
 
 from ActiveSegLib import AuthenticationError, BackendRequestError, BackendUnavailableError, ClientError, ProtocolError
 from ActiveSegLib.client import ActiveSegClient, Download
-from ActiveSegLib.launcher import BackendLauncher
 from ActiveSegLib.responses import Case, CaseList, CurvePoint, Info, Job, ModelList, Queue
 
-from .backend_support import fixture, ground_truth_path, make_store
+from .backend_support import fixture, ground_truth_path, running_backend
 
 TOKEN = "test-token-7f3a"
 
@@ -32,13 +30,8 @@ TOKEN = "test-token-7f3a"
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real backend with a bearer token on a 4-phantom datastore: (URL, phantom folder)."""
     pytest.importorskip("activeseg")
-    store, source = make_store(tmp_path_factory.mktemp("client"), count=4)
-    launcher = BackendLauncher(sys.executable, str(store), token=TOKEN)
-    url = launcher.start(timeout_s=120)
-    try:
-        yield url, source
-    finally:
-        launcher.stop()
+    with running_backend(tmp_path_factory.mktemp("client"), TOKEN) as started:
+        yield started
 
 
 @pytest.fixture()

@@ -18,12 +18,11 @@ import pytest
 
 from ActiveSegLib import AuthenticationError, BackendRequestError, BackendUnavailableError
 from ActiveSegLib.client import ActiveSegClient, Download
-from ActiveSegLib.launcher import BackendLauncher
 from ActiveSegLib.session import BackendSession
 from ActiveSegLib.transfer import TEMP_PREFIX, ProcessTransfer, download_file, upload_label
 from ActiveSegLib.worker import BackgroundTasks, settle
 
-from .backend_support import ground_truth_path, make_store
+from .backend_support import ground_truth_path, running_backend
 
 TOKEN = "transfer-token-41c2"
 
@@ -32,13 +31,8 @@ TOKEN = "transfer-token-41c2"
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real backend with a bearer token on a 4-phantom datastore: (URL, phantom folder)."""
     pytest.importorskip("activeseg")
-    store, source = make_store(tmp_path_factory.mktemp("transfer"), count=4)
-    launcher = BackendLauncher(sys.executable, str(store), token=TOKEN)
-    url = launcher.start(timeout_s=120)
-    try:
-        yield url, source
-    finally:
-        launcher.stop()
+    with running_backend(tmp_path_factory.mktemp("transfer"), TOKEN) as started:
+        yield started
 
 
 def _session(url: str, mode: str, temp_dir: Path | None = None, token: str = TOKEN) -> BackendSession:

@@ -167,9 +167,7 @@ def rank_round(
     result.strong, result.weak = route_cases(result.scores, config.dsal.strong_per_round, quota, config.dsal, eligible)
     voxel_ml = {cid: float(np.prod(geometry.spacing)) / 1000.0 for cid, geometry in geometries.items()}
     routes = {cid: "strong" for cid in result.strong} | {cid: "weak" for cid in result.weak}
-    own_commit = commit is None
-    commit = store.new_commit() if commit is None else commit
-    try:
+    with store.committing(commit) as commit:
         store.stage_scores(commit, [
             ScoreRecord(s.case_id, version, s.mdsc, s.confidence, s.foreground_voxels * voxel_ml[s.case_id],
                         routes.get(s.case_id, "none"))
@@ -190,12 +188,6 @@ def rank_round(
             store.stage_pseudo_labels(commit, version, written)
             if progress is not None:
                 progress({"phase": "write", "step": to_write, "steps": to_write})
-        if own_commit:
-            commit.commit()
-    except BaseException:
-        if own_commit:
-            commit.discard()
-        raise
     result.seconds = time.perf_counter() - started
     logger.info(
         "ranked %d case(s) with model v%d in %.1f s: %d queued, %d pseudo-labelled",
@@ -223,19 +215,11 @@ def pseudo_label_round(store: Datastore, progress: Callable[[dict[str, Any]], bo
         raise ModelVersionError(f"model v{version} has not ranked the pool yet: run a ranking job first")
     predictor = _predictor(store, store.model(version))
     written: dict[str, Path] = {}
-    own_commit = commit is None
-    commit = store.new_commit() if commit is None else commit
-    try:
+    with store.committing(commit) as commit:
         for index, case_id in enumerate(weak, start=1):
             volume = store.load_image(case_id)
             written[case_id] = commit.new_path(_write_pseudo(store, case_id, predictor.segment(volume), volume.geometry))
             if progress is not None and progress({"phase": "pseudo-label", "step": index, "steps": len(weak)}) is False:
                 raise TrainingCancelled("pseudo-labelling cancelled")
         store.stage_pseudo_labels(commit, version, written)
-        if own_commit:
-            commit.commit()
-    except BaseException:
-        if own_commit:
-            commit.discard()
-        raise
     return written

@@ -520,25 +520,21 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     if kept_parent and parent is not None:
         # As a registered version's metrics read back: JSON types (lists, not tuples).
         return RoundResult(store.model(parent), json.loads(json.dumps(metrics)), registered=False)
-    own_commit = commit is None
-    commit = store.new_commit() if commit is None else commit
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_MARKER, suffix=".pt", dir=store.meta_dir)
-    os.close(fd)
-    try:
-        save_checkpoint(model, plan, config.num_classes, config.network.dropout, Path(temp_name))
-        record = store.stage_model(commit, Path(temp_name), metrics, parent)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
-
     def write_plan() -> None:
         if plan_record is not None:
             atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(plan_record, indent=2)))
 
-    if own_commit:
-        commit.commit()
-        record = store.model(record.version)
-        write_plan()
-    else:
+    own_commit = commit is None
+    with store.committing(commit) as commit:
+        fd, temp_name = tempfile.mkstemp(prefix=TEMP_MARKER, suffix=".pt", dir=store.meta_dir)
+        os.close(fd)
+        try:
+            save_checkpoint(model, plan, config.num_classes, config.network.dropout, Path(temp_name))
+            record = store.stage_model(commit, Path(temp_name), metrics, parent)
+        finally:
+            Path(temp_name).unlink(missing_ok=True)
         commit.after(write_plan)
+    if own_commit:
+        record = store.model(record.version)
     logger.info("round %d: model v%d, validation Dice %s", round_index, record.version, metrics["val_dice"].get("mean"))
     return RoundResult(record, record.metrics, registered=True)

@@ -18,6 +18,8 @@ facade only forwards to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,21 @@ class Datastore:
         """A commit to stage a round's or job's effects on (the ``stage_*`` methods), visible together once it
         commits. See :mod:`activeseg.store.commit`."""
         return StoreCommit(self.database)
+
+    @contextmanager
+    def committing(self, commit: StoreCommit | None) -> Iterator[StoreCommit]:
+        """The commit a round stages its effects on: the caller's ``commit`` (a job commits it with its status), or
+        else a new one that commits when the block ends and is discarded (its new files removed) when it raises."""
+        if commit is not None:
+            yield commit
+            return
+        own = self.new_commit()
+        try:
+            yield own
+        except BaseException:
+            own.discard()
+            raise
+        own.commit()
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         """A value of the ``meta`` table."""
