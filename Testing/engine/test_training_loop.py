@@ -194,3 +194,28 @@ def test_only_the_second_half_of_a_round_is_validated(labelled_store: Datastore)
     assert passes == [2, 3, 4]
     assert [h["epoch"] for h in result.metrics["val_history"]] == [2, 3, 4]
     assert result.metrics["best_epoch"] in (2, 3, 4)
+
+
+def test_reranking_with_the_same_model_keeps_stored_scores(labelled_store: Datastore) -> None:
+    """Issue 16: re-score only what a model can change: a second ranking with the same model makes no pass for a
+    scored case except those it routes to the queue or a pseudo-label (their label maps); a new model re-scores."""
+    from activeseg.io.seg_nrrd import read_segmentation_labelmap
+
+    store = labelled_store
+    store.config.dsal.weak_start_round, store.config.dsal.confidence_bins = 1, 1
+    store.config.dsal.strong_per_round = 1
+    train_round(store)
+    first = rank_round(store)
+    assert first.reused == 0 and first.inferred == len(first.scores) >= 3
+    again = rank_round(store)
+    assert again.reused == len(first.scores)
+    assert again.inferred == len(again.strong) + len(again.weak)  # label maps only for what it routes
+    assert again.strong == first.strong and again.weak == first.weak
+    assert {s.case_id: (s.mdsc, s.confidence) for s in again.scores} == {s.case_id: (s.mdsc, s.confidence) for s in first.scores}
+    version = store.active_version()
+    for case_id in again.strong:  # the queued case still gets its starting prediction
+        assert read_segmentation_labelmap(store.prediction_path(case_id, version), store.config.labels).array.shape
+    store.config.training.warm_start, store.config.training.keep_better_parent = True, False  # a new active model
+    train_round(store)
+    fresh = rank_round(store)
+    assert fresh.reused == 0 and fresh.model_version != first.model_version

@@ -5,6 +5,11 @@ Candidates are training-split cases without a trusted label: ``unlabeled``, ``qu
 ``rejected`` (rejected cases may be queued for the radiologist but are never pseudo-labelled again).
 Unlabelled validation cases are queued too (route ``validation``): validation Dice needs them, and
 they are never trained on or pseudo-labelled.
+
+**Incremental**: a case's scores depend only on the model and the image, so a candidate that already has scores
+under the ranking model (a re-rank after the radiologist labelled some queued cases, or after a rollback to a model
+that ranked before) keeps them without a pass; only the cases it then routes to the queue or to a pseudo-label and
+that have no label map in memory get one pass each. A new model re-scores every candidate.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class RankResult:
         strong: case ids queued for the radiologist, most uncertain first.
         weak: case ids that received a pseudo-label.
         seconds: wall time of the round.
+        inferred: candidates given a network pass (scored, or re-run for a label map).
+        reused: candidates whose stored scores under this model were kept.
     """
 
     model_version: int
@@ -53,6 +60,8 @@ class RankResult:
     strong: list[str] = field(default_factory=list)
     weak: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    inferred: int = 0
+    reused: int = 0
 
 
 def _predictor(store: Datastore, model: ModelRecord) -> Predictor:
@@ -100,6 +109,22 @@ def _write_predictions(store: Datastore, commit: StoreCommit, version: int,
     return prediction_set
 
 
+def _score_and_map(store: Datastore, predictor: Predictor, case_id: str) -> tuple[CaseScore, np.ndarray, Geometry]:
+    """One pass over a case: its scores (foreground voxels counted on the source grid), the main head's label map
+    on the image's own grid, and the image's geometry; writes the case's uncertainty overlay from the same pass."""
+    volume = store.load_image(case_id)
+    image, planned, pad = predictor.prepare(volume)
+    heads = predictor.predict_prepared(image, pad)
+    score, main = score_case(case_id, heads, store.config.num_classes)
+    # The voxel-wise map Slicer overlays (where the heads disagree or the main head is unsure), from the same pass.
+    uncertainty = uncertainty_map(heads.main, heads.half, heads.quarter)
+    write_uncertainty_volume(store.meta_dir, case_id, resample_to_grid(uncertainty, planned, volume.geometry, is_label=False),
+                             volume.geometry)
+    del heads
+    score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, volume.geometry))))
+    return score, resample_to_grid(main, planned, volume.geometry, is_label=True), volume.geometry
+
+
 def _model_or_active(store: Datastore, model: ModelRecord | None) -> ModelRecord:
     """``model``, else the active model. Raises ModelVersionError when there is none."""
     if model is not None:
@@ -141,20 +166,20 @@ def rank_round(
     # it is the cheaper one); label maps written for Slicer are resampled back onto each image's own grid.
     main_maps: dict[str, np.ndarray] = {}
     geometries: dict[str, Geometry] = {}
+    stored = store.scores(version)
     for index, record in enumerate(candidates, start=1):
-        volume = store.load_image(record.case_id)
-        image, planned, pad = predictor.prepare(volume)
-        heads = predictor.predict_prepared(image, pad)
-        score, main = score_case(record.case_id, heads, config.num_classes)
-        # The voxel-wise map Slicer overlays (where the heads disagree or the main head is unsure), from the same pass.
-        uncertainty = uncertainty_map(heads.main, heads.half, heads.quarter)
-        write_uncertainty_volume(store.meta_dir, record.case_id,
-                                 resample_to_grid(uncertainty, planned, volume.geometry, is_label=False), volume.geometry)
-        del heads
-        score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, volume.geometry))))
-        result.scores.append(score)
-        main_maps[record.case_id] = resample_to_grid(main, planned, volume.geometry, is_label=True)
-        geometries[record.case_id] = volume.geometry
+        known = stored.get(record.case_id)
+        if known is not None:
+            geometry = store.image_geometry(record.case_id)
+            voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+            result.scores.append(CaseScore(record.case_id, known.mdsc, known.confidence,
+                                           int(round(known.foreground_ml / voxel_ml))))
+            geometries[record.case_id] = geometry
+            result.reused += 1
+        else:
+            score, main_maps[record.case_id], geometries[record.case_id] = _score_and_map(store, predictor, record.case_id)
+            result.scores.append(score)
+            result.inferred += 1
         elapsed = time.perf_counter() - started
         if progress is not None and progress({
             "phase": "rank", "step": index, "steps": len(candidates), "elapsed_s": elapsed,
@@ -165,6 +190,9 @@ def rank_round(
     eligible = {c.case_id for c in candidates if c.state != "rejected"}
     quota = weak_quota(round_index, config.dsal) if write_pseudo else 0
     result.strong, result.weak = route_cases(result.scores, config.dsal.strong_per_round, quota, config.dsal, eligible)
+    for case_id in [c for c in result.strong + result.weak if c not in main_maps]:  # routed on reused scores
+        _, main_maps[case_id], _ = _score_and_map(store, predictor, case_id)
+        result.inferred += 1
     voxel_ml = {cid: float(np.prod(geometry.spacing)) / 1000.0 for cid, geometry in geometries.items()}
     routes = {cid: "strong" for cid in result.strong} | {cid: "weak" for cid in result.weak}
     with store.committing(commit) as commit:
@@ -190,8 +218,9 @@ def rank_round(
                 progress({"phase": "write", "step": to_write, "steps": to_write})
     result.seconds = time.perf_counter() - started
     logger.info(
-        "ranked %d case(s) with model v%d in %.1f s: %d queued, %d pseudo-labelled",
-        len(candidates), version, result.seconds, len(result.strong), len(result.weak),
+        "ranked %d case(s) with model v%d in %.1f s (%d passes, %d stored scores kept; %.2f cases/s): %d queued, "
+        "%d pseudo-labelled", len(candidates), version, result.seconds, result.inferred, result.reused,
+        len(candidates) / max(result.seconds, 1e-9), len(result.strong), len(result.weak),
     )
     return result
 
