@@ -62,7 +62,8 @@ from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, Mode
 
 __all__ = [
     "TrainingData", "ProgressCallback", "WeightObserver", "load_training_data", "plan_round", "round_steps", "validation_dice",
-    "train_model", "train_round", "RoundResult", "round_message", "validated_epochs",
+    "train_model", "train_round", "RoundResult", "round_message", "validated_epochs", "collapsed_classes",
+    "COLLAPSE_DICE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,9 +114,27 @@ class RoundResult:
         return round_message(self.metrics, self.model.version, self.registered)
 
 
+# A class present in the validation labels that the model predicts with a validation Dice below this has not been
+# learned (a "collapsed" class: the network assigns its voxels to another class or to background).
+COLLAPSE_DICE = 0.05
+
+
+def collapsed_classes(val_dice: dict[str, Any], labels: dict[int, str]) -> list[str]:
+    """Foreground classes whose validation Dice is below :data:`COLLAPSE_DICE` (classes absent from the validation
+    labels score 1 by the Dice convention of :mod:`activeseg.method.metrics`, so they never count)."""
+    return [name for name in labels.values() if isinstance(val_dice.get(name), (int, float)) and val_dice[name] < COLLAPSE_DICE]
+
+
 def round_message(metrics: dict[str, Any], version: int, registered: bool) -> str:
     """What a round did, in one line: ``"registered model v3 (validation Dice 0.712)"`` or ``"kept the previous
-    model v2: the new weights scored 0.039 against 0.127 (mean validation Dice on the source grids)"``."""
+    model v2: the new weights scored 0.039 against 0.127 (mean validation Dice on the source grids)"``; a model that
+    has not learned a class says so (``"...; not learned: Posterior"``)."""
+    collapsed = metrics.get("collapsed_classes") or []
+    warning = f"; not learned: {', '.join(collapsed)} (label more cases that show it, or train longer)" if collapsed else ""
+    return _round_outcome(metrics, version, registered) + warning
+
+
+def _round_outcome(metrics: dict[str, Any], version: int, registered: bool) -> str:
     if not registered:
         new = (metrics.get("source_val_dice") or {}).get("mean")
         old = (metrics.get("parent_val_dice") or {}).get("mean")
@@ -451,6 +470,14 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     round_index = 1 if parent is None else int(store.model(parent).metrics.get("round", parent)) + 1
     started = time.perf_counter()
     warm = parent is not None and settings.warm_start
+    if warm and parent is not None:
+        inherited = collapsed_classes(store.model(parent).metrics.get("val_dice") or {}, config.labels)
+        if inherited:
+            # Fine-tuning a model that never learned a class kept it unlearned in the hippocampus campaign (issue 11,
+            # seed 2: Posterior 0.000 at 4 and 8 labelled volumes); a fresh start can learn it from the new labels.
+            warm = False
+            logger.warning("round %d: the active model v%d has not learned %s: this round trains from scratch",
+                           round_index, parent, ", ".join(inherited))
     geometries = _expert_geometries(store)
     if not geometries:
         raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
@@ -516,6 +543,10 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
         "n_validation": len(data.validation),
         "alnt_enabled": config.alnt.enabled,
         "expert_cases": [c.case_id for c in data.experts],
+        # of the model the round leaves active
+        "collapsed_classes": collapsed_classes(
+            (store.model(parent).metrics.get("val_dice") or {}) if kept_parent and parent is not None else metrics["val_dice"],
+            config.labels),
     })
     if kept_parent and parent is not None:
         # As a registered version's metrics read back: JSON types (lists, not tuples).
