@@ -1,6 +1,6 @@
 """Label-efficiency experiments: the active-learning loop with the ground truth as the radiologist.
 
-Length (~500 lines, over the project's ~400): the protocol (splits, test evaluation, round-0 cache) and the
+Length (~560 lines, over the project's ~400): the protocol (splits, test evaluation, round-0 cache) and the
 small functions of the loop that runs it are read together; splitting them would split one description.
 
 One call of :func:`run_simulation` (keyword form: :func:`simulate`) runs one strategy with one seed
