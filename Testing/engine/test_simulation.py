@@ -228,6 +228,18 @@ def test_cli_simulate_and_plot_write_results_and_png(runs: dict[str, dict], phan
     assert curves["random"].seeds() == [0]
 
 
+def test_plot_prints_markdown_tables_for_results(runs: dict[str, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for name, result in runs.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(result))
+        paths.append(str(path))
+    assert main(["plot", *paths, "-o", str(tmp_path / "c.png"), "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| curve | labelled | test Dice mean [95% CI] | seeds |" and lines[1] == "|---|---|---|---|"
+    assert any(line.startswith("| dsal+alnt | 2 | ") for line in lines)
+
+
 def test_cli_rejects_bad_results_file(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text("{}")

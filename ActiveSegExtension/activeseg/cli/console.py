@@ -47,8 +47,10 @@ class ProgressBar:
             self._bar = None
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], formatters: dict[int, Callable[[Any], str]] | None = None) -> str:
-    """A fixed-width text table; floats get 3 decimals unless a column formatter says otherwise."""
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], formatters: dict[int, Callable[[Any], str]] | None = None,
+                 markdown: bool = False) -> str:
+    """A fixed-width text table (``markdown``: a Markdown table); floats get 3 decimals unless a column formatter
+    says otherwise."""
     formatters = formatters or {}
 
     def cell(index: int, value: Any) -> str:
@@ -61,6 +63,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], formatte
         return str(value)
 
     text_rows = [[cell(i, v) for i, v in enumerate(row)] for row in rows]
+    if markdown:
+        return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+                         + ["| " + " | ".join(row) + " |" for row in text_rows])
     widths = [max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in text_rows]

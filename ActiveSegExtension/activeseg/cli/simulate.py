@@ -95,15 +95,16 @@ def _interval(entry: dict[str, float], digits: int = 3) -> str:
     return f"{entry['mean']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
 
 
-def comparison_tables(summary: dict[str, Any]) -> str:
-    """The plot command's text: Dice per budget and AULC with 95 % intervals, then paired differences."""
+def comparison_tables(summary: dict[str, Any], markdown: bool = False) -> str:
+    """The plot command's text: Dice per budget and AULC with 95 % intervals, then paired differences, then the
+    pseudo-labels' quality (``markdown``: Markdown tables, for RESULTS.md)."""
     curves = summary["curves"]
     reference = summary["reference"]
     rows = [
         [label, point["labelled"], _interval(point), len(curves[label]["seeds"])]
         for label in _ordered(list(curves)) for point in curves[label]["per_budget"]
     ]
-    text = format_table(["curve", "labelled", "test Dice mean [95% CI]", "seeds"], rows)
+    text = format_table(["curve", "labelled", "test Dice mean [95% CI]", "seeds"], rows, markdown=markdown)
     rows = []
     for label in _ordered(list(curves)):
         curve = curves[label]
@@ -117,14 +118,15 @@ def comparison_tables(summary: dict[str, Any]) -> str:
             ",".join(map(str, below)) or "-", ",".join(map(str, above)) or "-",
         ])
     text += "\n\n" + format_table(
-        ["curve", "AULC [95% CI]", f"AULC - {reference} (paired) [95% CI]", "budgets sig. below", "budgets sig. above"], rows)
+        ["curve", "AULC [95% CI]", f"AULC - {reference} (paired) [95% CI]", "budgets sig. below", "budgets sig. above"], rows,
+        markdown=markdown)
     rows = [
         [label, point["labelled"], _interval(point, 4)]
         for label in _ordered(list(curves)) if curves[label].get("versus_reference")
         for point in curves[label]["versus_reference"]["per_budget"]
     ]
     if rows:
-        text += "\n\n" + format_table(["curve", "labelled", f"Dice - {reference} (paired) [95% CI]"], rows)
+        text += "\n\n" + format_table(["curve", "labelled", f"Dice - {reference} (paired) [95% CI]"], rows, markdown=markdown)
     rows = [
         [e["label"], e["labelled"], e["seeds"], e["pseudo_dice"], e["spearman"], e["spearman_foreground"], e["concordance"],
          f"{e['positive_seeds']}/{e['seeds']}"]
@@ -132,7 +134,8 @@ def comparison_tables(summary: dict[str, Any]) -> str:
     ]
     if rows:
         text += "\n\nPseudo-labels a round trained on (true Dice) and ALNT weight vs a pseudo crop's true Dice:\n" + format_table(
-            ["curve", "labelled", "seeds", "pseudo Dice", "Spearman", "Spearman (fg crops)", "concordance", "Spearman > 0"], rows)
+            ["curve", "labelled", "seeds", "pseudo Dice", "Spearman", "Spearman (fg crops)", "concordance", "Spearman > 0"], rows,
+            markdown=markdown)
     return text
 
 
@@ -165,7 +168,7 @@ def plot_command(args: argparse.Namespace) -> int:
     meta = runs[0]["metadata"]
     title = args.title or f"{Path(meta['dataset']).name}: test Dice vs expert labels (mean, 95% CI)"
     path = plot_learning_curve(plotted, args.output, title, differences=differences or None, reference=args.reference)
-    sys.stdout.write(comparison_tables(summary) + "\n")
+    sys.stdout.write(comparison_tables(summary, args.markdown) + "\n")
     if args.summary is not None:
         args.summary.write_text(json.dumps(summary, indent=1) + "\n")
     logger.info("wrote %s", path)
@@ -227,5 +230,6 @@ def add_simulation_commands(commands: argparse._SubParsersAction) -> None:  # ty
     sub.add_argument("-o", "--output", type=Path, default=Path("curves.png"))
     sub.add_argument("--reference", default="fg-random", help="the curve paired differences are taken against")
     sub.add_argument("--summary", type=Path, default=None, help="also write the statistics as JSON")
+    sub.add_argument("--markdown", action="store_true", help="print Markdown tables (for RESULTS.md)")
     sub.add_argument("--title", default=None)
     sub.set_defaults(func=plot_command)
