@@ -67,7 +67,8 @@ class Info:
     Attributes:
         version: the backend's version. device: where jobs run (``cpu``, ``cuda:0 (...)``).
         labels: class value -> name, background (0) excluded.
-        label_colours: class value -> RGB in [0, 1] where the datastore sets one (else the module's palette).
+        label_colours: class value -> RGB in [0, 1] of every class, as the backend's ``.seg.nrrd`` files colour
+            them (older backends: only where the datastore sets one; the module's palette for the others).
         label_codes: class value -> coded concept ``scheme^value^meaning`` (e.g. ``SCT^10200004^Liver``) where known.
         active_model: active model version, or ``None`` before the first training round.
         counts: cases per state, plus ``total`` and ``val``.

@@ -70,7 +70,7 @@ def get_label(case_id: str, context: ServerContext = Depends(get_context)) -> Re
     """
     store = context.store
     label = store.load_label(case_id)
-    return _seg_response(segmentation_bytes(label.array, label.geometry, store.config.labels), f"{case_id}.seg.nrrd")
+    return _seg_response(segmentation_bytes(label.array, label.geometry, store.config), f"{case_id}.seg.nrrd")
 
 
 # A file being replaced by a ranking round is opened again from the database's current pointer, this often.

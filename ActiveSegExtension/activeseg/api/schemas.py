@@ -66,7 +66,9 @@ class InfoOut(BaseModel):
     device: str = Field(description="where jobs run: 'cpu' or 'cuda:0 (<GPU name>)'")
     labels: dict[str, str] = Field(description="label value (as a string) -> class name; 0 is background")
     label_colours: dict[str, list[float]] = Field(
-        default_factory=dict, description="label value -> RGB in [0, 1], where the datastore sets one")
+        default_factory=dict,
+        description="label value -> RGB in [0, 1] of every label: the datastore's choice, "
+                    "else the palette its .seg.nrrd files use")
     label_codes: dict[str, str] = Field(
         default_factory=dict, description="label value -> coded concept 'scheme^value^meaning' (e.g. SNOMED CT), where known")
     active_model: int | None

@@ -107,7 +107,7 @@ def write_final_predictions(store: Datastore, folder: Path) -> list[Path]:
         volume = store.load_image(record.case_id)
         labelmap = predictor.segment(volume)
         target = folder / f"{record.case_id}.seg.nrrd"
-        atomic_write(target, lambda path: write_segmentation_file(path, labelmap, volume.geometry, store.config.labels))
+        atomic_write(target, lambda path: write_segmentation_file(path, labelmap, volume.geometry, store.config))
         written.append(target)
     return written
 

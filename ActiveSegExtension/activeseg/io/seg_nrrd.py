@@ -1,25 +1,33 @@
 """Labelmaps <-> 3D Slicer segmentation files (``.seg.nrrd``), through ``slicerio``.
 
 A ``.seg.nrrd`` written here loads in Slicer as a ``vtkMRMLSegmentationNode`` with one segment per
-class (names and colours from the label set), on exactly the image's voxel grid. Segments are written
-in class order into one layer, so each segment's ``labelValue`` equals its class value.
+class, on exactly the image's voxel grid. Segments are written in class order into one layer (with classes
+1..N, each segment's ``labelValue`` equals its class value). Each segment's name, colour and coded concept come
+from one :class:`SegmentStyle` per class, built from the datastore's settings by :func:`segment_styles`:
+configured colours (``label_colours``), else a palette that gives any number of classes distinct colours;
+a class with a code (``label_codes`` or a known name) carries Slicer terminology, so Slicer shows the term.
 
 Array conventions: labelmaps are (k, j, i) like SimpleITK; ``slicerio`` voxels are (i, j, k); geometry is LPS.
 """
 
 from __future__ import annotations
 
+import colorsys
 import os
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import slicerio
 
+from activeseg.config import Config
 from activeseg.errors import GeometryMismatchError, ImageReadError, LabelValueError, NotThreeDimensionalError
 from activeseg.io.volumes import Geometry, Volume
 
-__all__ = ["SEGMENT_COLOURS", "ijk_to_lps_matrix", "geometry_from_ijk_to_lps", "write_segmentation_file",
+__all__ = ["SEGMENT_COLOURS", "TERMINOLOGY_CONTEXT", "SegmentStyle", "palette_colour", "segment_styles",
+           "segment_terminology", "ijk_to_lps_matrix", "geometry_from_ijk_to_lps", "write_segmentation_file",
            "place_on_grid", "read_segmentation_labelmap", "segmentation_bytes"]
 
 # RGB in [0, 1]; the first entries follow Slicer's terminology colours for lung and a lesion (yellow).
@@ -31,6 +39,97 @@ SEGMENT_COLOURS = [
     (0.60, 0.31, 0.64),
     (1.00, 0.50, 0.00),
 ]
+
+#: Slicer's terminology context whose category and type codes ActiveSeg writes (Slicer's default list).
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+_ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
+_ALTERED_STRUCTURE = ("SCT", "49755003", "Morphologically Altered Structure")
+#: SNOMED CT types that are findings rather than normal anatomy (category "Morphologically Altered Structure"):
+#: lesion, neoplasm, nodule, mass, cyst, metastasis (as in Slicer's General Anatomy list).
+_ALTERED_TYPES = {("SCT", "52988006"), ("SCT", "108369006"), ("SCT", "27925004"), ("SCT", "4147007"),
+                  ("SCT", "441457006"), ("SCT", "14799000")}
+
+RGB = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class SegmentStyle:
+    """How one class appears as a segment.
+
+    Attributes:
+        name: the segment name (the class name).
+        colour: RGB in [0, 1].
+        code: the class's coded concept ``(scheme, value, meaning)``, e.g. ``("SCT", "10200004", "Liver")``,
+            or ``None`` when it has none.
+    """
+
+    name: str
+    colour: RGB
+    code: tuple[str, str, str] | None = None
+
+
+def palette_colour(index: int) -> RGB:
+    """The default colour of the class at position ``index`` (0-based, in class order), RGB in [0, 1].
+
+    The first ones are :data:`SEGMENT_COLOURS`; after them hues advance by the golden ratio of a turn, so every
+    index gets its own colour (none repeats, whatever the number of classes) and a class keeps its colour
+    when classes are added after it. Saturation and value alternate so neighbours also differ in brightness.
+    """
+    if index < 0:
+        raise ValueError(f"palette index must be >= 0, got {index}")
+    if index < len(SEGMENT_COLOURS):
+        return SEGMENT_COLOURS[index]
+    step = index - len(SEGMENT_COLOURS)
+    hue = (0.11 + step * 0.6180339887498949) % 1.0
+    saturation, value = (0.65, 0.95) if step % 2 == 0 else (0.80, 0.70)
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
+    return (round(red, 4), round(green, 4), round(blue, 4))
+
+
+def _colour_key(colour: RGB) -> tuple[int, int, int]:
+    """A colour as 8-bit channels, so colours that look the same compare equal."""
+    return tuple(int(round(c * 255)) for c in colour)  # type: ignore[return-value]
+
+
+def segment_styles(labels: Config | Mapping[int, str]) -> dict[int, SegmentStyle]:
+    """Every class's segment style; the one place segment names, colours and codes are decided.
+
+    Args:
+        labels: the datastore's settings (their ``labels``, ``colour(value)`` and ``code(value)``), or bare class
+            names by value (default colours; codes of known names, :data:`activeseg.config.KNOWN_TERMS`).
+
+    Returns:
+        class value -> style, in class order. A class without a configured colour takes :func:`palette_colour` of
+        its position, or the next palette colour that no other class has yet: all colours differ unless the
+        configuration itself repeats one.
+    """
+    config = labels if isinstance(labels, Config) else Config(labels={int(k): str(v) for k, v in labels.items()})
+    order = sorted(config.labels)
+    chosen = {value: tuple(float(c) for c in colour) for value in order if (colour := config.colour(value))}
+    taken = {_colour_key(colour) for colour in chosen.values()}  # type: ignore[arg-type]
+    styles: dict[int, SegmentStyle] = {}
+    for position, value in enumerate(order):
+        colour = chosen.get(value)
+        if colour is None:
+            index = position
+            while _colour_key(palette_colour(index)) in taken:
+                index += 1
+            colour = palette_colour(index)
+            taken.add(_colour_key(colour))
+        code = config.code(value)
+        parts = tuple(part.strip() for part in code.split("^")) if code else None
+        styles[value] = SegmentStyle(name=config.labels[value], colour=colour,  # type: ignore[arg-type]
+                                     code=parts if parts and len(parts) == 3 else None)  # type: ignore[arg-type]
+    return styles
+
+
+def segment_terminology(code: tuple[str, str, str]) -> dict[str, object]:
+    """slicerio's ``terminology`` dict for a coded concept: written as the segment's ``TerminologyEntry`` tag
+    (``context~category~type~^^~~^^~^^``), which Slicer reads to show the term. Findings (lesion, neoplasm,
+    nodule, mass...) get the category "Morphologically Altered Structure", everything else "Anatomical
+    Structure"."""
+    category = _ALTERED_STRUCTURE if (code[0], code[1]) in _ALTERED_TYPES else _ANATOMICAL_STRUCTURE
+    return {"contextName": TERMINOLOGY_CONTEXT, "category": list(category), "type": list(code)}
 
 
 def ijk_to_lps_matrix(geometry: Geometry) -> np.ndarray:
@@ -55,27 +154,41 @@ def geometry_from_ijk_to_lps(matrix: np.ndarray, size_ijk: tuple[int, int, int])
     )
 
 
-def write_segmentation_file(path: Path, labelmap: np.ndarray, geometry: Geometry, labels: dict[int, str]) -> None:
+def write_segmentation_file(path: Path, labelmap: np.ndarray, geometry: Geometry,
+                            labels: Config | Mapping[int, str] | Mapping[int, SegmentStyle]) -> None:
     """Write a labelmap as a Slicer ``.seg.nrrd`` (not atomic by itself: wrap in ``atomic_write``).
 
     Args:
         path: output path ending in ``.seg.nrrd``.
         labelmap: (k, j, i) integer classes, 0 = background.
         geometry: the image's grid (LPS).
-        labels: class value -> segment name; every class gets a segment (empty ones too).
+        labels: the datastore's settings (names, colours and codes: pass ``store.config``), their
+            :func:`segment_styles`, or bare class names (default colours). Every class gets a segment (empty ones
+            too), with its colour and, where it has a code, its terminology; names and colours are marked as
+            chosen (not auto-generated), so Slicer keeps them.
     """
     if tuple(labelmap.shape) != geometry.array_shape:
         raise LabelValueError(f"labelmap shape {labelmap.shape} != image grid {geometry.array_shape} (k, j, i)")
+    styles = _styles(labels)
     voxels_ijk = np.ascontiguousarray(np.transpose(labelmap, (2, 1, 0)))
     segmentation = slicerio.create_segmentation(voxels_ijk.shape, ijk_to_lps_matrix(geometry))
-    for index, value in enumerate(sorted(labels)):
-        colour = SEGMENT_COLOURS[index % len(SEGMENT_COLOURS)]
-        slicerio.add_segment(
-            segmentation,
-            voxels_ijk == value,
-            {"id": f"Segment_{value}", "name": labels[value], "color": list(colour)},
-        )
+    for value in sorted(styles):
+        style = styles[value]
+        segment: dict[str, object] = {
+            "id": f"Segment_{value}", "name": style.name, "color": [float(c) for c in style.colour],
+            "nameAutoGenerated": False, "colorAutoGenerated": False,
+        }
+        if style.code is not None:
+            segment["terminology"] = segment_terminology(style.code)
+        slicerio.add_segment(segmentation, voxels_ijk == value, segment)
     slicerio.write_segmentation(str(path), segmentation)
+
+
+def _styles(labels: Config | Mapping[int, str] | Mapping[int, SegmentStyle]) -> dict[int, SegmentStyle]:
+    """Styles for :func:`write_segmentation_file` from any of the forms it accepts."""
+    if not isinstance(labels, Config) and labels and all(isinstance(v, SegmentStyle) for v in labels.values()):
+        return {int(k): v for k, v in labels.items()}  # type: ignore[misc]
+    return segment_styles(labels)  # type: ignore[arg-type]
 
 
 def _class_of(segment: dict, by_name: dict[str, int]) -> int | None:
@@ -221,8 +334,10 @@ def read_segmentation_labelmap(
     return Volume(np.ascontiguousarray(np.transpose(labelmap_ijk, (2, 1, 0))), geometry)
 
 
-def segmentation_bytes(labelmap: np.ndarray, geometry: Geometry, labels: dict[int, str]) -> bytes:
-    """A ``.seg.nrrd`` file's bytes (for HTTP download of an expert label)."""
+def segmentation_bytes(labelmap: np.ndarray, geometry: Geometry,
+                       labels: Config | Mapping[int, str] | Mapping[int, SegmentStyle]) -> bytes:
+    """A ``.seg.nrrd`` file's bytes (for HTTP download of an expert label); ``labels`` as for
+    :func:`write_segmentation_file`."""
     fd, name = tempfile.mkstemp(suffix=".seg.nrrd")
     os.close(fd)
     try:

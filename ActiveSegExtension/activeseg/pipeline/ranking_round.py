@@ -88,8 +88,8 @@ def score_case(case_id: str, heads: HeadProbabilities, num_classes: int) -> tupl
 
 
 def _write_segmentation(store: Datastore, target: Path, labelmap: np.ndarray, geometry: Geometry) -> Path:
-    """Write a labelmap atomically as a Slicer ``.seg.nrrd`` with the datastore's label names."""
-    return atomic_write(target, lambda path: write_segmentation_file(path, labelmap, geometry, store.config.labels))
+    """Write a labelmap atomically as a Slicer ``.seg.nrrd`` with the datastore's label names, colours and codes."""
+    return atomic_write(target, lambda path: write_segmentation_file(path, labelmap, geometry, store.config))
 
 
 def _write_pseudo(store: Datastore, case_id: str, labelmap: np.ndarray, geometry: Geometry) -> Path:
