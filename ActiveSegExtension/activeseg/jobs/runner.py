@@ -11,7 +11,10 @@ Job states::
     running -> interrupted                          (the server stopped or crashed while it ran)
 
 At most one job runs at a time: every kind uses the accelerator and writes the active model, the queue or
-the pseudo-label set, so two at once would compete for GPU memory and race on the same rows.
+the pseudo-label set, so two at once would compete for GPU memory and race on the same rows. That holds for
+the processes too: a worker records its outcome and then takes seconds to exit (a CUDA context tears down), so
+a new job's worker starts only once the previous workers have exited (:meth:`JobRunner.start` waits for them,
+at most ``handover_wait_s``, then kills them).
 
 A job's effects commit in the same SQLite transaction that marks it ``succeeded`` (see
 :mod:`activeseg.jobs.worker`); a job in any other final state changed nothing visible. Files its worker wrote
@@ -303,12 +306,16 @@ class JobRunner:
         store_root: the datastore folder.
         table: its job table.
         kill_grace_s: seconds between SIGTERM (the worker stops at its next progress report) and SIGKILL.
+        handover_wait_s: seconds a new job waits for the previous job's worker, whose outcome is recorded, to
+            exit (releasing its GPU memory) before that worker's process group is killed.
     """
 
-    def __init__(self, store_root: Path, table: JobTable, kill_grace_s: float = 5.0) -> None:
+    def __init__(self, store_root: Path, table: JobTable, kill_grace_s: float = 5.0,
+                 handover_wait_s: float = 30.0) -> None:
         self.store_root = Path(store_root)
         self.table = table
         self.kill_grace_s = kill_grace_s
+        self.handover_wait_s = handover_wait_s
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
@@ -337,8 +344,16 @@ class JobRunner:
             logger.warning("could not remove the files of an uncommitted job: %s", exc)
 
     def start(self, kind: str, params: dict[str, Any]) -> JobRecord:
-        """Start a job in a child process. Raises JobConflictError when one is running."""
-        job = self.table.create(kind, params)
+        """Start a job in a child process, once every earlier worker has exited (:meth:`_await_previous_workers`).
+
+        Raises:
+            JobConflictError: a job is running.
+        """
+        job = self.table.create(kind, params)  # claims the one job slot first: a concurrent start gets 409
+        self._await_previous_workers(job.job_id)
+        if self.table.get(job.job_id).status != "running":  # cancelled (or the server stopped) while it waited
+            logger.info("job %s (%s) ended before its worker started", job.job_id, kind)
+            return self.table.get(job.job_id)
         self.table.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.table.log_path(job.job_id)
         # The worker compares its parent with this pid: a server that dies even before the worker has started
@@ -364,6 +379,33 @@ class JobRunner:
         threading.Thread(target=self._watch, args=(job.job_id, process), name=f"job-{job.job_id[:8]}", daemon=True).start()
         logger.info("job %s (%s) started, pid %d", job.job_id, kind, process.pid)
         return self.table.get(job.job_id)
+
+    def _await_previous_workers(self, job_id: str) -> None:
+        """Wait until the workers of earlier jobs have exited; kill those still alive after ``handover_wait_s``.
+
+        Only workers whose job has already recorded its outcome can still be here (a running job refuses the new
+        one), so killing one loses nothing: its effects committed with its status, or not at all.
+        """
+        with self._lock:
+            previous = [(other, process) for other, process in self._processes.items() if other != job_id]
+        deadline = time.monotonic() + self.handover_wait_s
+        for other, process in previous:
+            started = time.monotonic()
+            try:
+                process.wait(timeout=max(0.0, deadline - started))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker of job %s (pid %d) still alive %.0f s after its outcome; killing it before "
+                               "job %s starts", other, process.pid, self.handover_wait_s, job_id)
+                _kill_group(process.pid, signal.SIGKILL)
+                try:
+                    process.wait(timeout=self.kill_grace_s)
+                except subprocess.TimeoutExpired:
+                    logger.error("worker pid %d survived SIGKILL for %.0f s; starting job %s anyway", process.pid,
+                                 self.kill_grace_s, job_id)
+                continue
+            if time.monotonic() - started > 0.05:
+                logger.info("job %s waited %.1f s for the worker of job %s to exit", job_id,
+                            time.monotonic() - started, other)
 
     def _watch(self, job_id: str, process: subprocess.Popen[bytes]) -> None:
         """Reap the child; if it died without recording an outcome (killed, crashed), record one."""

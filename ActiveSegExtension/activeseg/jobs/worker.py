@@ -43,6 +43,9 @@ SERVER_PID_ENV = "ACTIVESEG_SERVER_PID"
 # Crash-test hook: a file path; the worker writes its pid there and waits to be killed once the job's work is
 # done but before its outcome commits (the one point where a kill used to split job status from store state).
 PAUSE_BEFORE_COMMIT_ENV = "ACTIVESEG_TEST_PAUSE_BEFORE_COMMIT"
+# Test hook: seconds the worker stays alive after recording its outcome, as a CUDA process takes seconds to tear
+# down (the server must not start the next job's worker until this one has exited).
+LINGER_AFTER_OUTCOME_ENV = "ACTIVESEG_TEST_LINGER_AFTER_OUTCOME_S"
 
 
 def server_pid() -> int:
@@ -397,7 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     except (AttributeError, OSError):
         pass
     execute(Path(args[0]), args[1])
+    _linger_after_outcome()
     return 0
+
+
+def _linger_after_outcome() -> None:
+    """The test hook of :data:`LINGER_AFTER_OUTCOME_ENV` (does nothing unless that variable is set)."""
+    seconds = float(os.environ.get(LINGER_AFTER_OUTCOME_ENV) or 0)
+    if seconds > 0:
+        logger.warning("test hook: staying alive %.1f s after the outcome (pid %d)", seconds, os.getpid())
+        time.sleep(seconds)
 
 
 if __name__ == "__main__":
