@@ -110,6 +110,9 @@ class TrainingConfig:
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         warmup_fraction: share of the round's steps with a linearly rising learning rate.
         warm_start: start a round from the active model's weights (and its plan) instead of from scratch.
+        unlearned_class_dice: a class present in the validation labels whose validation Dice is below this has not
+            been learned: the round says so, a warm start from that model starts over instead, and its ranking writes
+            no pseudo-labels (each would miss the class). 0 turns the rule off.
         keep_better_parent: a round whose weights score below the active model on the validation split registers
             nothing (the active model stays); off: every round registers its weights.
         foreground_crop_fraction: share of crops centred on a foreground voxel (nnU-Net: 1/3).
@@ -144,6 +147,7 @@ class TrainingConfig:
     warmup_fraction: float = 0.05
     warm_start: bool = False
     keep_better_parent: bool = True
+    unlearned_class_dice: float = 0.05
     foreground_crop_fraction: float = 0.33
     augment: bool = True
     mirroring: str = "auto"
@@ -284,6 +288,8 @@ class Config:
             raise ConfigError(f"training.target_spacing must be three positive mm values (k,j,i), got {self.training.target_spacing}")
         if self.network.channels and len(self.network.channels) < 3:
             raise ConfigError(f"network.channels needs at least 3 levels (DSAL's 1/2 and 1/4 heads), got {self.network.channels}")
+        if not 0.0 <= self.training.unlearned_class_dice < 1.0:
+            raise ConfigError(f"training.unlearned_class_dice must be in [0, 1), got {self.training.unlearned_class_dice}")
         if not 0.0 <= self.training.validate_from < 1.0:
             raise ConfigError(f"training.validate_from must be in [0, 1), got {self.training.validate_from}")
         if self.training.optimizer not in ("adamw", "sgd"):

@@ -32,6 +32,7 @@ TINY = [
     "dsal.weak_initial=1",
     "dsal.weak_increment=1",
     "dsal.confidence_bins=1",
+    "training.unlearned_class_dice=0",  # two steps need not learn every class to produce pseudo-labels
 ]
 
 

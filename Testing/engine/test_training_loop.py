@@ -223,22 +223,30 @@ def test_reranking_with_the_same_model_keeps_stored_scores(labelled_store: Datas
 
 def test_a_class_the_model_has_not_learned_is_reported_and_not_inherited(labelled_store: Datastore) -> None:
     """Issue 11 campaign, seed 2: a round-0 model that never learned a class kept it unlearned through every
-    warm-started round. The round says which class is not learned, and a warm start from such a model starts over."""
+    warm-started round, and its pseudo-labels all missed it. The round says which class is not learned, such a model
+    writes no pseudo-labels, and a warm start from it starts over."""
     import sqlite3
 
-    from activeseg.pipeline.training_round import collapsed_classes, round_message
+    from activeseg.method.metrics import collapsed_classes
+    from activeseg.pipeline.training_round import round_message
 
     labels = labelled_store.config.labels
     first_name, second_name = list(labels.values())[:2]
-    assert collapsed_classes({first_name: 0.01, second_name: 0.8, "mean": 0.4}, labels) == [first_name]
-    assert collapsed_classes({first_name: 1.0}, labels) == []  # absent from the validation labels: not counted
+    assert collapsed_classes({first_name: 0.01, second_name: 0.8, "mean": 0.4}, labels, 0.05) == [first_name]
+    assert collapsed_classes({first_name: 1.0}, labels, 0.05) == []  # absent from the validation labels: not counted
+    assert collapsed_classes({first_name: 0.0}, labels, 0.0) == []  # the rule turned off
     store = labelled_store
+    store.config.training.unlearned_class_dice = 0.05  # the default (the tiny settings turn it off)
     first = train_round(store)
     # the parent as if it had not learned the first class (its stored validation Dice of that class is 0)
     metrics = dict(first.metrics, val_dice={**first.metrics["val_dice"], first_name: 0.0})
     with sqlite3.connect(store.meta_dir / "activeseg.db") as connection:
         connection.execute("UPDATE models SET metrics = ? WHERE version = ?", (json.dumps(metrics), first.version))
     assert first_name in round_message(metrics | {"collapsed_classes": [first_name]}, first.version, True)
+    # its ranking queues cases but writes no pseudo-label (each would miss the class)
+    store.config.dsal.weak_start_round, store.config.dsal.confidence_bins = 1, 1
+    ranked = rank_round(store)
+    assert ranked.strong and ranked.weak == []
     store.config.training.warm_start = True
     second = train_round(store)
     assert second.metrics["warm_start"] is False  # started over instead of fine-tuning the collapsed model

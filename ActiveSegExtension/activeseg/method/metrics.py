@@ -16,10 +16,11 @@ counts, so spacing does not enter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["dice_per_class", "mean_dice", "summarise_dice"]
+__all__ = ["dice_per_class", "mean_dice", "summarise_dice", "collapsed_classes"]
 
 
 def _label_counts(array: np.ndarray, length: int) -> np.ndarray:
@@ -86,3 +87,16 @@ def summarise_dice(per_case: Sequence[Mapping[int, float | None]], labels: Mappi
         result[name] = float(np.mean(counted)) if counted else 1.0
     result["mean"] = float(np.mean(list(result.values())))
     return result
+
+
+def collapsed_classes(val_dice: Mapping[str, Any], labels: Mapping[int, str], threshold: float) -> list[str]:
+    """Foreground classes (names) a model has not learned: validation Dice below ``threshold``.
+
+    Args:
+        val_dice: :func:`summarise_dice` of the validation split (class name -> Dice, and ``mean``).
+        labels: class value -> name.
+        threshold: ``training.unlearned_class_dice``; 0 finds none.
+
+    Classes absent from the validation labels score 1 by this module's convention, so they never count.
+    """
+    return [name for name in labels.values() if isinstance(val_dice.get(name), (int, float)) and val_dice[name] < threshold]

@@ -28,6 +28,7 @@ from activeseg.io.atomic import atomic_write
 from activeseg.store.datastore import Datastore, ModelRecord, ScoreRecord, StoreCommit
 from activeseg.method.uncertainty_map import uncertainty_map, write_uncertainty_volume
 from activeseg.method.dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
+from activeseg.method.metrics import collapsed_classes
 from activeseg.errors import ModelVersionError, TrainingCancelled
 from activeseg.io.volumes import Geometry
 from activeseg.model.predictor import HeadProbabilities, Predictor, select_device
@@ -157,6 +158,9 @@ def rank_round(
     record = _model_or_active(store, model)
     version = record.version
     config = store.config
+    # No pseudo-labels from a model that has not learned a class: every one of them would miss that class, and ALNT
+    # did not down-weight such labels (issue-11 campaign, seed 2: Posterior missing, pseudo-label Dice 0.43).
+    unlearned = collapsed_classes(record.metrics.get("val_dice") or {}, config.labels, config.training.unlearned_class_dice)
     predictor = _predictor(store, record)
     round_index = int(record.metrics.get("round", version))
     candidates = [c for c in store.cases(split="train") if c.state in CANDIDATE_STATES]
@@ -188,7 +192,9 @@ def rank_round(
             raise TrainingCancelled("ranking cancelled")
 
     eligible = {c.case_id for c in candidates if c.state != "rejected"}
-    quota = weak_quota(round_index, config.dsal) if write_pseudo else 0
+    quota = weak_quota(round_index, config.dsal) if write_pseudo and not unlearned else 0
+    if write_pseudo and unlearned and weak_quota(round_index, config.dsal):
+        logger.warning("model v%d has not learned %s: no pseudo-labels this round", version, ", ".join(unlearned))
     result.strong, result.weak = route_cases(result.scores, config.dsal.strong_per_round, quota, config.dsal, eligible)
     for case_id in [c for c in result.strong + result.weak if c not in main_maps]:  # routed on reused scores
         _, main_maps[case_id], _ = _score_and_map(store, predictor, case_id)

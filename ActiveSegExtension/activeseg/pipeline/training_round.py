@@ -48,7 +48,7 @@ from activeseg.io.atomic import TEMP_MARKER, atomic_write
 from activeseg.io.seg_nrrd import read_segmentation_labelmap
 from activeseg.io.volumes import Geometry, read_geometry
 from activeseg.method.alnt import alnt_backward, pseudo_share
-from activeseg.method.metrics import dice_per_class, summarise_dice
+from activeseg.method.metrics import collapsed_classes, dice_per_class, summarise_dice
 from activeseg.model.case_cache import CachedCase, CaseCache, source_key
 from activeseg.model.loss import DeepSupervisionLoss, balanced_class_weights
 from activeseg.model.network import DeepSupervisedUNet3D, build_network
@@ -62,8 +62,7 @@ from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, Mode
 
 __all__ = [
     "TrainingData", "ProgressCallback", "WeightObserver", "load_training_data", "plan_round", "round_steps", "validation_dice",
-    "train_model", "train_round", "RoundResult", "round_message", "validated_epochs", "collapsed_classes",
-    "COLLAPSE_DICE",
+    "train_model", "train_round", "RoundResult", "round_message", "validated_epochs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,17 +111,6 @@ class RoundResult:
     def message(self) -> str:
         """One line for the radiologist: what the round did (see :func:`round_message`)."""
         return round_message(self.metrics, self.model.version, self.registered)
-
-
-# A class present in the validation labels that the model predicts with a validation Dice below this has not been
-# learned (a "collapsed" class: the network assigns its voxels to another class or to background).
-COLLAPSE_DICE = 0.05
-
-
-def collapsed_classes(val_dice: dict[str, Any], labels: dict[int, str]) -> list[str]:
-    """Foreground classes whose validation Dice is below :data:`COLLAPSE_DICE` (classes absent from the validation
-    labels score 1 by the Dice convention of :mod:`activeseg.method.metrics`, so they never count)."""
-    return [name for name in labels.values() if isinstance(val_dice.get(name), (int, float)) and val_dice[name] < COLLAPSE_DICE]
 
 
 def round_message(metrics: dict[str, Any], version: int, registered: bool) -> str:
@@ -471,7 +459,8 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     started = time.perf_counter()
     warm = parent is not None and settings.warm_start
     if warm and parent is not None:
-        inherited = collapsed_classes(store.model(parent).metrics.get("val_dice") or {}, config.labels)
+        inherited = collapsed_classes(store.model(parent).metrics.get("val_dice") or {}, config.labels,
+                                      settings.unlearned_class_dice)
         if inherited:
             # Fine-tuning a model that never learned a class kept it unlearned in the hippocampus campaign (issue 11,
             # seed 2: Posterior 0.000 at 4 and 8 labelled volumes); a fresh start can learn it from the new labels.
@@ -546,7 +535,7 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
         # of the model the round leaves active
         "collapsed_classes": collapsed_classes(
             (store.model(parent).metrics.get("val_dice") or {}) if kept_parent and parent is not None else metrics["val_dice"],
-            config.labels),
+            config.labels, settings.unlearned_class_dice),
     })
     if kept_parent and parent is not None:
         # As a registered version's metrics read back: JSON types (lists, not tuples).
