@@ -130,3 +130,5 @@ def test_pseudo_label_report_pairs_a_round_with_the_pseudo_labels_it_trained_on(
     report = pseudo_label_report([run])
     assert [(e["labelled"], e["pseudo_dice"], e["spearman"], e["positive_seeds"]) for e in report] == [
         (8, 0.7, 0.2, 1), (12, 0.8, -0.1, 0)]
+    without_alnt = {"metadata": {"label": "dsal", "seed": 0}, "rounds": [dict(r, alnt_weight_vs_dice={}) for r in rows]}
+    assert [e["positive_seeds"] for e in pseudo_label_report([without_alnt])] == [None, None]

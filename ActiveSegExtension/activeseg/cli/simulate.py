@@ -129,7 +129,7 @@ def comparison_tables(summary: dict[str, Any], markdown: bool = False) -> str:
         text += "\n\n" + format_table(["curve", "labelled", f"Dice - {reference} (paired) [95% CI]"], rows, markdown=markdown)
     rows = [
         [e["label"], e["labelled"], e["seeds"], e["pseudo_dice"], e["spearman"], e["spearman_foreground"], e["concordance"],
-         f"{e['positive_seeds']}/{e['seeds']}"]
+         "-" if e["positive_seeds"] is None else f"{e['positive_seeds']}/{e['seeds']}"]
         for e in summary.get("pseudo_labels", [])
     ]
     if rows:

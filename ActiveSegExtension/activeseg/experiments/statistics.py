@@ -202,7 +202,7 @@ def pseudo_label_report(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     Per (label, round): ``pseudo_dice`` (mean true Dice of the pseudo-labels that round trained on; they were
     written by the previous round's ranking), ``spearman`` / ``spearman_foreground`` / ``concordance`` (ALNT weight
     of a pseudo crop against its true Dice; means over the seeds where defined), ``positive_seeds`` (seeds with a
-    positive all-crop Spearman), ``seeds``.
+    positive all-crop Spearman; ``None`` for runs without ALNT weights), ``seeds``.
     """
     grouped: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
@@ -224,6 +224,6 @@ def pseudo_label_report(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"label": label, "labelled": labelled, "seeds": len(bucket["seeds"])}
         for key in ("pseudo_dice", "spearman", "spearman_foreground", "concordance"):
             entry[key] = float(np.mean(bucket[key])) if bucket[key] else None
-        entry["positive_seeds"] = sum(1 for value in bucket["spearman"] if value > 0)
+        entry["positive_seeds"] = sum(1 for value in bucket["spearman"] if value > 0) if bucket["spearman"] else None
         report.append(entry)
     return report
