@@ -122,6 +122,12 @@ def test_a_worker_that_does_not_exit_after_its_outcome_is_killed_before_the_next
             assert time.monotonic() - started < 10
             assert first.pid not in sampler.live() and second.pid != first.pid
             assert table.get(first.job_id).status == "failed"  # killed after its outcome: the outcome stays
+            # let the sampler see the second worker before shutdown kills it (it polls every 10 ms; a loaded machine
+            # scheduled the kill first once)
+            deadline = time.monotonic() + 30
+            while second.pid not in sampler.lifetimes:
+                assert time.monotonic() < deadline, "the second worker was never seen"
+                time.sleep(0.01)
         finally:
             runner.shutdown()
         sampler.wait_until_none(timeout=30)
