@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SHAPE", "TINY_SETTINGS", "FIXTURES", "make_store", "fixture", "ground_truth_path", "running_backend"]
+__all__ = ["SHAPE", "TINY_SETTINGS", "FIXTURES", "make_store", "fixture", "ground_truth_path", "running_backend", "alive"]
 
 #: Phantom grid (k, j, i) voxels.
 SHAPE = (16, 32, 32)
@@ -70,3 +70,18 @@ def running_backend(folder: Path, token: str, count: int = 4) -> Iterator[tuple[
         yield url, source
     finally:
         launcher.stop()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead: in a container nobody may reap it)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"

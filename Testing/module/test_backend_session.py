@@ -17,7 +17,8 @@ from ActiveSegLib import BackendStartError
 from ActiveSegLib.session import BackendSession
 
 from .backend_support import FIXTURES
-from .test_launcher import alive, fake_backend, wait_dead
+from .backend_support import alive
+from .test_launcher import fake_backend, wait_dead
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process handling is tested on POSIX")
 

@@ -30,6 +30,8 @@ from ActiveSegLib.launcher import (
     terminate_tree_windows,
 )
 
+from .backend_support import alive
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process-group handling is tested on POSIX")
 
 FAKES = {
@@ -87,17 +89,6 @@ def fake_backend(tmp_path: Path, kind: str) -> dict[str, str]:
     return env
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as dead: in a container nobody may reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def wait_dead(pid: int, timeout_s: float = 5.0) -> bool:

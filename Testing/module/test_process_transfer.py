@@ -22,7 +22,7 @@ from ActiveSegLib.session import BackendSession
 from ActiveSegLib.transfer import TEMP_PREFIX, ProcessTransfer, download_file, upload_label
 from ActiveSegLib.worker import BackgroundTasks, settle
 
-from .backend_support import ground_truth_path, running_backend
+from .backend_support import alive, ground_truth_path, running_backend
 
 TOKEN = "transfer-token-41c2"
 
@@ -45,17 +45,6 @@ def _train_case(session: BackendSession) -> str:
     return next(c.case_id for c in session.client.cases(split="train").cases)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie counts as gone: it no longer runs (the parent reaps it)
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().split(") ")[-1][:1] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_process_download_is_byte_identical_to_the_thread_download(backend: tuple[str, Path], tmp_path: Path) -> None:
@@ -202,11 +191,11 @@ def test_cancel_kills_the_helper_and_removes_its_files(stalling_url: str, tmp_pa
     transfer = download_file(ActiveSegClient(stalling_url), "image", "big", temp_dir=str(tmp_path))
     folder = _wait_in_flight(transfer)
     pid = transfer.pid
-    assert pid is not None and _alive(pid) and folder.name.startswith(TEMP_PREFIX)
+    assert pid is not None and alive(pid) and folder.name.startswith(TEMP_PREFIX)
     started = time.monotonic()
     transfer.cancel()
     assert time.monotonic() - started < 5
-    assert not _alive(pid) and list(tmp_path.iterdir()) == []
+    assert not alive(pid) and list(tmp_path.iterdir()) == []
     assert transfer.step() is True
     with pytest.raises(RuntimeError, match="cancelled"):
         transfer.result()
@@ -230,14 +219,14 @@ def test_cancelled_task_and_shutdown_end_their_helpers(stalling_url: str, tmp_pa
         tasks.poll()
         time.sleep(0.02)
     pids = [t.pid for t in made]
-    assert all(pid is not None and _alive(pid) for pid in pids)
+    assert all(pid is not None and alive(pid) for pid in pids)
     cancelled.cancel()
     tasks.poll()  # the next tick ends the cancelled task's helper
-    assert not _alive(pids[0]) and _alive(pids[1]) and len(list(tmp_path.iterdir())) == 1
+    assert not alive(pids[0]) and alive(pids[1]) and len(list(tmp_path.iterdir())) == 1
     started = time.monotonic()
     tasks.shutdown()  # closing Slicer: the other helper is killed, nothing waits for the stalled server
     assert time.monotonic() - started < 5
-    assert not _alive(pids[1]) and list(tmp_path.iterdir()) == [] and results == []
+    assert not alive(pids[1]) and list(tmp_path.iterdir()) == [] and results == []
 
 
 def test_a_helper_that_dies_is_a_client_error(tmp_path: Path) -> None:
