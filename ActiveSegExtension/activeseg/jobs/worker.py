@@ -29,6 +29,7 @@ from typing import Any
 
 from activeseg.store.datastore import TRAINED_STATES, Datastore, StoreCommit
 from activeseg.errors import ActiveSegError, TrainingCancelled
+from activeseg.jobs.priority import run_in_background
 from activeseg.jobs.progress import JobPlan, ProgressModel
 from activeseg.jobs.runner import JobTable
 
@@ -394,11 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m activeseg.jobs.worker STORE JOBID\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    try:
-        # Lower CPU priority than the server process so the API stays responsive on a busy machine.
-        os.nice(5)
-    except (AttributeError, OSError):
-        pass
+    # Below the server's CPU priority, with a core left for it, so the API stays responsive while training.
+    logger.info("%s", run_in_background(Datastore(Path(args[0])).config.training.num_threads).describe())
     execute(Path(args[0]), args[1])
     _linger_after_outcome()
     return 0
