@@ -56,6 +56,20 @@ has a positive dot product with the expert gradient, so ``w^S = 0``) and ``0 < l
 pseudo batch then contributes nothing to the step. This is the paper's rule applied literally; it is
 reported in ``stats["fraction_dropped"]``.
 
+Data-parallel (DDP) steps stay exact: given ``group`` (:class:`activeseg.model.distributed.DataParallel`), each rank
+holds its share of the expert and pseudo batches, and the step equals one process on the union of them (the global
+batch, rank order):
+
+* ``g`` is the all-reduced (averaged) expert gradient: the gradient of the global mean expert loss when the ranks'
+  expert batches are equally large;
+* each rank takes the dot products of its own pseudo samples with that ``g``; the dot products and RGM values are
+  gathered, so normalisation, mixing and the ``1/B`` rectification run over the global B and every rank holds the
+  same weights (:attr:`AlntResult.global_weights`), of which it uses its own rows;
+* the pseudo term is ``world_size * s * sum_(own i) w_i l_i``; its gradient is averaged over the ranks (a second
+  all-reduce, since the weights depend on ``g``), so the update is ``g + s * sum_(all i) w_i grad l_i``, as in one
+  process. These steps use ``torch.autograd.grad`` and explicit all-reduces, not DDP's backward hooks
+  (``Testing/test_distributed_alnt.py`` compares 2 gloo processes with one).
+
 Two entry points: :func:`compute_alnt_weights` (weights only; the caller then runs its own training
 forward/backward) and :func:`alnt_backward` (a fused training step that reuses the expert backward of
 the step itself as ``g``, saving one expert forward+backward; the caller then calls ``optimizer.step()``).
@@ -77,6 +91,7 @@ from torch.func import functional_call, jvp
 
 from activeseg.config import AlntConfig
 from activeseg.errors import ConfigError
+from activeseg.model.distributed import DataParallel
 from activeseg.model.loss import DEEP_SUPERVISION_WEIGHTS, DeepSupervisionLoss, per_sample_dice_ce
 from activeseg.model.network import DeepSupervisedUNet3D, DeepSupervisionOutput
 
@@ -109,17 +124,22 @@ class AlntResult:
 
     Attributes:
         weights: (B,) final mixed (and, with ``rectify``, rectified) weights; detached, on the model's device.
-        rgs: (B,) normalised w^S (sum 1, or all zero).
-        rgm: (B,) normalised w^M (sum 1, or all zero).
+            Data-parallel: this rank's rows of :attr:`global_weights`.
+        rgs: (B,) normalised w^S (sum 1, or all zero); data-parallel: this rank's rows (the global batch sums to 1).
+        rgm: (B,) normalised w^M (sum 1, or all zero); likewise.
         stats: scalars for logging: ``mean_weight``, ``sum_weight``, ``fraction_dropped`` (share of samples
             with final weight 0), ``rgs_rgm_correlation`` (Pearson; 0.0 when undefined), ``rgs_positive_fraction``
-            (share of raw dot products > 0), ``expert_loss`` (mean L_v), ``pseudo_loss`` (mean l_i).
+            (share of raw dot products > 0), ``expert_loss`` (mean L_v), ``pseudo_loss`` (mean l_i); over the global
+            batch when data-parallel.
+        global_weights: data-parallel only: (world_size * B,) the weights of every rank's samples in rank order
+            (the same on every rank); None in one process.
     """
 
     weights: torch.Tensor
     rgs: torch.Tensor
     rgm: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    global_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -382,9 +402,18 @@ def _weights_from_pass(
     pseudo_labels: torch.Tensor,
     settings: AlntConfig,
     loss: DeepSupervisionLoss | None = None,
+    group: DataParallel | None = None,
+    pseudo_losses: torch.Tensor | None = None,
 ) -> AlntResult:
+    """Weights from one pass's dot products, logits and features; with ``group``, normalised over the global batch
+    (dot products, RGM values and ``pseudo_losses`` gathered from every rank in one all-gather)."""
+    raw_rgm = rgm_from_logit_gradients(_logit_gradients(outputs, pseudo_labels, loss), d0)
+    losses = pseudo_losses if pseudo_losses is not None else torch.zeros_like(dots)
+    rows = dots.numel()
+    if group is not None:
+        dots, raw_rgm, losses = group.gather(torch.stack([dots, raw_rgm.to(dots.dtype), losses.to(dots.dtype)], dim=1)).unbind(1)
     rgs = normalise_weights(dots)
-    rgm = normalise_weights(rgm_from_logit_gradients(_logit_gradients(outputs, pseudo_labels, loss), d0))
+    rgm = normalise_weights(raw_rgm)
     weights = mix_and_rectify(rgs, rgm, settings).detach()
     stats = {
         "mean_weight": float(weights.mean()),
@@ -393,13 +422,62 @@ def _weights_from_pass(
         "rgs_rgm_correlation": _pearson(rgs, rgm),
         "rgs_positive_fraction": float((dots > 0).double().mean()),
     }
-    return AlntResult(weights=weights, rgs=rgs.detach(), rgm=rgm.detach(), stats=stats)
+    if pseudo_losses is not None:
+        stats["pseudo_loss"] = float(losses.mean())
+    if group is None:
+        return AlntResult(weights=weights, rgs=rgs.detach(), rgm=rgm.detach(), stats=stats)
+    own = group.local_rows(rows)
+    return AlntResult(weights=weights[own], rgs=rgs[own].detach(), rgm=rgm[own].detach(), stats=stats,
+                      global_weights=weights)
 
 
-def _uniform(batch: int, reference: torch.Tensor) -> AlntResult:
-    weights = torch.full((batch,), 1.0 / batch, dtype=reference.dtype, device=reference.device)
-    stats = {"mean_weight": 1.0 / batch, "sum_weight": 1.0, "fraction_dropped": 0.0, "rgs_rgm_correlation": 0.0}
-    return AlntResult(weights=weights, rgs=weights.clone(), rgm=weights.clone(), stats=stats)
+def _uniform(batch: int, reference: torch.Tensor, group: DataParallel | None = None) -> AlntResult:
+    """``1/B`` for every sample, B the global batch (``batch`` per rank)."""
+    total = batch * (group.world_size if group is not None else 1)
+    weights = torch.full((batch,), 1.0 / total, dtype=reference.dtype, device=reference.device)
+    stats = {"mean_weight": 1.0 / total, "sum_weight": 1.0, "fraction_dropped": 0.0, "rgs_rgm_correlation": 0.0}
+    everyone = torch.full((total,), 1.0 / total, dtype=reference.dtype, device=reference.device) if group else None
+    return AlntResult(weights=weights, rgs=weights.clone(), rgm=weights.clone(), stats=stats, global_weights=everyone)
+
+
+def _reference_gradient(
+    model: DeepSupervisedUNet3D, expert_images: torch.Tensor, expert_labels: torch.Tensor,
+    loss: DeepSupervisionLoss | None, group: DataParallel | None,
+) -> tuple[torch.Tensor, float, list[torch.Tensor]]:
+    """:func:`expert_gradient`, with ``group`` averaged over the ranks (``g`` and the mean loss in one all-reduce).
+
+    Returns:
+        ``(losses, mean_loss, g)``: this rank's detached (B_v,) losses, the mean expert loss of the global batch,
+        and ``g`` of the global batch.
+    """
+    losses, g = expert_gradient(model, expert_images, expert_labels, loss)
+    mean = losses.mean().reshape(1).clone()
+    if group is not None:
+        group.mean_([*g, mean])
+    return losses, float(mean[0]), g
+
+
+def _accumulate_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+    """``p.grad += grad`` for each parameter (``p.grad = grad`` where it is None), as ``backward`` would."""
+    for p, grad in zip(params, grads):
+        if p.grad is None:
+            p.grad = grad.detach().clone()
+        else:
+            p.grad.add_(grad)
+
+
+def _data_parallel_backward(objective: torch.Tensor, params: Sequence[torch.Tensor], group: DataParallel) -> torch.Tensor:
+    """Average ``grad objective`` (and the objective's value) over the ranks and add it to ``.grad``.
+
+    Returns:
+        The objective's mean over the ranks (detached scalar).
+    """
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    value = objective.detach().reshape(1).to(grads[0].dtype).clone()
+    group.mean_([*grads, value])
+    _accumulate_grad(params, grads)
+    return value[0]
 
 
 def compute_alnt_weights(
@@ -411,6 +489,7 @@ def compute_alnt_weights(
     settings: AlntConfig,
     method: str = "jvp",
     loss: DeepSupervisionLoss | None = None,
+    group: DataParallel | None = None,
 ) -> AlntResult:
     """ALNT weights for a pseudo batch given an expert batch, at the model's current parameters.
 
@@ -427,25 +506,26 @@ def compute_alnt_weights(
         pseudo_labels: (B, 1, D, H, W) integer.
         settings: ALNT settings (``lambda_``, ``rectify``, ``enabled``).
         method: RGS directional derivative, ``"jvp"`` (exact, default) or ``"central"``.
+        group: data-parallel ranks (module docstring): the batches are this rank's share; the weights are those of
+            the global batch, this rank's rows in ``weights`` (all in ``global_weights``). Every rank must call.
 
     Returns:
         :class:`AlntResult`; ``weights`` is detached and on the model's device.
     """
     _validate(settings)
     if not settings.enabled:
-        return _uniform(pseudo_images.shape[0], pseudo_images)
+        return _uniform(pseudo_images.shape[0], pseudo_images, group)
     with _dropout_off(model):
-        expert_losses, g = expert_gradient(model, expert_images, expert_labels, loss)
+        _, expert_mean, g = _reference_gradient(model, expert_images, expert_labels, loss, group)
         dots, pseudo_losses, outputs, d0 = directional_derivatives(model, pseudo_images, pseudo_labels, g, method, loss)
-    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, loss)
-    result.stats["expert_loss"] = float(expert_losses.mean())
-    result.stats["pseudo_loss"] = float(pseudo_losses.mean())
+    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, loss, group, pseudo_losses)
+    result.stats["expert_loss"] = expert_mean
     return result
 
 
 def alnt_objective(
     expert_losses: torch.Tensor, pseudo_losses: torch.Tensor, weights: torch.Tensor, settings: AlntConfig,
-    pseudo_scale: float = 1.0,
+    pseudo_scale: float = 1.0, world_size: int = 1,
 ) -> torch.Tensor:
     """The training objective with ALNT weights held constant.
 
@@ -457,12 +537,14 @@ def alnt_objective(
             = ``sum(w * pseudo)`` (the paper: experts only shape the weights).
         pseudo_scale: ``s``, the pseudo term's share in the ``"expert+weighted"`` objective (see
             :func:`pseudo_share`); 1 is the plain sum.
+        world_size: data-parallel ranks: the weighted sum over this rank's samples is multiplied by it, so that the
+            ranks' objectives averaged (as their gradients are) give the global batch's objective.
 
     Returns:
         Scalar loss.
     """
     _validate(settings)
-    weighted = (weights.detach().to(pseudo_losses.dtype) * pseudo_losses).sum()
+    weighted = world_size * (weights.detach().to(pseudo_losses.dtype) * pseudo_losses).sum()
     if settings.objective == "weighted":
         return weighted
     return expert_losses.mean() + pseudo_scale * weighted
@@ -492,6 +574,7 @@ def alnt_backward(
     method: str = "jvp",
     pseudo_scale: float = 1.0,
     loss: DeepSupervisionLoss | None = None,
+    group: DataParallel | None = None,
 ) -> AlntStepResult:
     """Fused ALNT training step up to ``optimizer.step()``: accumulates the objective's gradient into ``.grad``.
 
@@ -512,41 +595,49 @@ def alnt_backward(
         method: ``"jvp"`` (exact, default) or ``"central"``.
         pseudo_scale: the pseudo term's share (:func:`pseudo_share`), used by ``"expert+weighted"``.
         loss: the round's loss object (with its class weights); default: unweighted.
+        group: data-parallel ranks (module docstring): ``model`` is the bare network (not the DDP wrapper), the
+            batches are this rank's share, and the gradient accumulated into ``.grad`` (the same on every rank) and
+            the returned ``loss`` are those of the global batch. Every rank must call.
 
     Returns:
-        :class:`AlntStepResult`.
+        :class:`AlntStepResult` (``expert_losses`` and ``pseudo_losses``: this rank's samples).
     """
     _validate(settings)
     _, params = _trainable(model)
     scale = pseudo_scale if settings.objective == "expert+weighted" else 1.0
+    ranks = group.world_size if group is not None else 1
     fused = settings.enabled and not _has_active_dropout(model)
     if not fused:
         result = compute_alnt_weights(
-            model, expert_images, expert_labels, pseudo_images, pseudo_labels, settings, method, loss
+            model, expert_images, expert_labels, pseudo_images, pseudo_labels, settings, method, loss, group
         )
         expert_losses = (loss or _UNWEIGHTED).per_sample(model(expert_images), expert_labels)
         pseudo_losses = (loss or _UNWEIGHTED).per_sample(model(pseudo_images), pseudo_labels)
-        objective = alnt_objective(expert_losses, pseudo_losses, result.weights, settings, pseudo_scale)
-        objective.backward()
-        return AlntStepResult(result, objective.detach(), expert_losses.detach(), pseudo_losses.detach(), fused=False)
+        objective = alnt_objective(expert_losses, pseudo_losses, result.weights, settings, pseudo_scale, ranks)
+        if group is None:
+            objective.backward()
+            value = objective.detach()
+        else:
+            value = _data_parallel_backward(objective, params, group)
+        return AlntStepResult(result, value, expert_losses.detach(), pseudo_losses.detach(), fused=False)
 
-    expert_losses, g = expert_gradient(model, expert_images, expert_labels, loss)
+    expert_losses, expert_mean, g = _reference_gradient(model, expert_images, expert_labels, loss, group)
     if settings.objective == "expert+weighted":
         # The expert term's gradient is exactly g: accumulate it instead of a second backward.
-        for p, grad in zip(params, g):
-            if p.grad is None:
-                p.grad = grad.detach().clone()
-            else:
-                p.grad.add_(grad)
-    dots, _, outputs, d0 = directional_derivatives(model, pseudo_images, pseudo_labels, g, method, loss)
+        _accumulate_grad(params, g)
+    dots, pass_losses, outputs, d0 = directional_derivatives(model, pseudo_images, pseudo_labels, g, method, loss)
     del g
-    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, loss)
+    result = _weights_from_pass(dots, outputs, d0, pseudo_labels, settings, loss, group, pass_losses)
     del outputs, d0
     pseudo_losses = (loss or _UNWEIGHTED).per_sample(model(pseudo_images), pseudo_labels)
-    weighted = scale * (result.weights.to(pseudo_losses.dtype) * pseudo_losses).sum()
-    if result.stats["sum_weight"] > 0:
+    weighted = ranks * scale * (result.weights.to(pseudo_losses.dtype) * pseudo_losses).sum()
+    if result.stats["sum_weight"] <= 0:  # the same decision on every rank (global weights)
+        weighted_value = weighted.detach()
+    elif group is None:
         weighted.backward()
-    total = weighted.detach() + (expert_losses.mean() if settings.objective == "expert+weighted" else 0.0)
-    result.stats["expert_loss"] = float(expert_losses.mean())
-    result.stats["pseudo_loss"] = float(pseudo_losses.detach().mean())
+        weighted_value = weighted.detach()
+    else:
+        weighted_value = _data_parallel_backward(weighted, params, group)
+    total = weighted_value + (expert_mean if settings.objective == "expert+weighted" else 0.0)
+    result.stats["expert_loss"] = expert_mean
     return AlntStepResult(result, total, expert_losses, pseudo_losses.detach(), fused=True)
