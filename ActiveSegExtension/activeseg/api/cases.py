@@ -13,7 +13,7 @@ from activeseg.errors import CaseStateError
 from activeseg.io.seg_nrrd import segmentation_bytes
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
-from .schemas import CaseListOut, CaseOut, case_out
+from .schemas import CaseListOut, CaseOut
 
 __all__ = ["router", "ANNOTATOR"]
 
@@ -29,23 +29,22 @@ def list_cases(
     state: str | None = Query(None, description=f"only this state: one of {', '.join(STATES)}"),
     split: str | None = Query(None, pattern="^(train|val)$", description="only this split"),
     context: ServerContext = Depends(get_context),
-) -> CaseListOut:
+) -> Response:
     """Cases ordered by id, with M-DSC, confidence and route under the active model, and display names."""
-    store = context.store
+    # served from memory until the datastore changes (activeseg.api.hot_reads)
     if state is not None and state not in STATES:
         raise CaseStateError(f"unknown state {state!r}; use one of {list(STATES)}")
-    scores, names = store.scores(), context.display_names()
-    return CaseListOut(
-        active_model=store.active_version(),
-        cases=[case_out(record, scores.get(record.case_id), names.get(record.case_id))
-               for record in store.cases(state=state, split=split)],
-    )
+    return Response(context.hot.snapshot().cases_json(state, split), media_type="application/json")
 
 
 @router.get("/{case_id}", response_model=CaseOut, summary="One case")
-def get_case(case_id: str, context: ServerContext = Depends(get_context)) -> CaseOut:
+def get_case(case_id: str, context: ServerContext = Depends(get_context)) -> Response | CaseOut:
     """One case with its scores under the active model."""
-    return context.case_view(context.store.case(case_id))
+    # from memory, as the case list
+    data = context.hot.snapshot().case_json(case_id)
+    if data is None:  # not a case (404/422 from the store's own checks), or one added since the snapshot
+        return context.case_view(context.store.case(case_id))
+    return Response(data, media_type="application/json")
 
 
 @router.get("/{case_id}/image", response_class=FileResponse, responses=_BINARY, summary="The image file's bytes")

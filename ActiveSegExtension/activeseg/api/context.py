@@ -9,6 +9,7 @@ from fastapi import Request
 
 from activeseg.store.datastore import CaseRecord, Datastore
 from activeseg.jobs.runner import JobRunner, JobTable
+from .hot_reads import HotReads
 from .schemas import CaseOut, case_out
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_DECODED_BYTES", "ServerContext", "get_context"]
@@ -30,6 +31,7 @@ class ServerContext:
         token: bearer token every request must carry, or None (loopback only).
         max_upload_bytes: largest accepted upload body.
         max_decoded_bytes: largest decoded voxel data of an upload, bytes (from its header, before decoding).
+        hot: the queue, case list and case views served from memory (:mod:`activeseg.api.hot_reads`).
     """
 
     store: Datastore
@@ -38,8 +40,12 @@ class ServerContext:
     token: str | None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    hot: HotReads = field(init=False, repr=False)
     _device: str | None = field(default=None, repr=False)
     _device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.hot = HotReads(self.store, self.display_names)
 
     def display_names(self) -> dict[str, str]:
         """Case id -> a name the annotator recognises, for the cases whose datastore records one (DICOM-derived:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import Response
 
 from .cases import ANNOTATOR
 from .context import ServerContext, get_context
 from .errors import ERROR_RESPONSES
-from .schemas import NextOut, QueueItem, QueueOut, case_out
+from .schemas import NextOut, QueueOut
 
 __all__ = ["router"]
 
@@ -15,13 +16,11 @@ router = APIRouter(prefix="/queue", tags=["queue"], responses=ERROR_RESPONSES)
 
 
 @router.get("", response_model=QueueOut, summary="The strong queue, most uncertain first")
-def get_queue(context: ServerContext = Depends(get_context)) -> QueueOut:
+def get_queue(context: ServerContext = Depends(get_context)) -> Response:
     """Queued cases by ascending M-DSC under the active model, each with its lease holder (if leased) and its
     display name (where the datastore has one)."""
-    store, names = context.store, context.display_names()
-    items = [QueueItem(rank=n, case=case_out(record, score, names.get(record.case_id)))
-             for n, (record, score) in enumerate(store.queue(), start=1)]
-    return QueueOut(active_model=store.active_version(), items=items)
+    # served from memory until the datastore changes (activeseg.api.hot_reads)
+    return Response(context.hot.snapshot().queue_json(), media_type="application/json")
 
 
 @router.post("/next", response_model=NextOut, summary="Lease the next case to an annotator")

@@ -111,6 +111,7 @@ def create_app(
             yield
         finally:
             runner.shutdown()  # a stopped backend must not leave a worker holding the GPU
+            context.hot.close()
             keeper.close()
 
     app = FastAPI(
