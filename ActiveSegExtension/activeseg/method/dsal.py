@@ -3,6 +3,14 @@
 Zhao et al., "DSAL: Deeply supervised active learning from strong and weak labelers", IEEE JBHI 2021.
 One deterministic forward pass per case (no dropout, no repeats) gives the main and two auxiliary heads.
 
+On a full-size CT the three heads' probability volumes do not fit comfortably in memory (3 x C x voxels x 4 B), so
+ranking folds them slab by slab into :class:`RankingAccumulator` while the sliding window moves
+(:func:`activeseg.model.predictor.stream_heads`): per-class voxel counts for M-DSC (:func:`agreement_counts`,
+:func:`dice_from_counts`), a running sum for the confidence, and the main head's label map. M-DSC and the
+foreground count are exactly those of :func:`mdsc` on the whole label maps; the confidence is summed in float64
+instead of numpy's float32 mean over the volume, so it differs from :func:`confidence` by float rounding only
+(below 1e-6; tested).
+
 Where this differs from the paper (the empty-mask convention of M-DSC and what follows from it, the range of
 the confidence histogram) is listed once, in the README's "Deviations"; the functions below state their rules.
 """
@@ -16,7 +24,10 @@ import numpy as np
 from activeseg.config import DsalConfig
 from activeseg.method.metrics import mean_dice
 
-__all__ = ["CaseScore", "dice_agreement", "mdsc", "confidence", "weak_quota", "route_cases"]
+__all__ = [
+    "CaseScore", "dice_agreement", "mdsc", "confidence", "agreement_counts", "dice_from_counts", "RankingAccumulator",
+    "weak_quota", "route_cases",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,88 @@ def mdsc(main: np.ndarray, auxiliaries: list[np.ndarray], num_classes: int) -> f
 def confidence(probabilities: np.ndarray) -> float:
     """Mean over voxels of the max class probability; ``probabilities`` is (C, ...) softmax output."""
     return float(probabilities.max(axis=0).mean())
+
+
+def agreement_counts(main: np.ndarray, auxiliary: np.ndarray, num_classes: int) -> np.ndarray:
+    """Voxel counts behind :func:`dice_agreement`, additive over disjoint parts of a volume.
+
+    Args:
+        main, auxiliary: integer label maps of equal shape (any part of the volume, e.g. a slab of slices).
+        num_classes: C, background included.
+
+    Returns:
+        int64 (3, C): voxels per class value in ``main``, in ``auxiliary``, and where both give that value.
+    """
+    main, auxiliary = np.asarray(main).ravel(), np.asarray(auxiliary).ravel()
+    if main.shape != auxiliary.shape:
+        raise ValueError(f"label maps of different sizes {main.size} and {auxiliary.size}")
+    both = auxiliary[main == auxiliary]
+    return np.stack([np.bincount(a, minlength=num_classes)[:num_classes] for a in (main, auxiliary, both)]).astype(np.int64)
+
+
+def dice_from_counts(counts: np.ndarray, num_classes: int) -> float:
+    """:func:`dice_agreement` from summed :func:`agreement_counts`: mean Dice over the foreground classes present in
+    either map, 1.0 when none is (the same arithmetic as :func:`activeseg.method.metrics.mean_dice`, so the same
+    float)."""
+    dice = []
+    for value in range(1, num_classes):
+        total = int(counts[0, value]) + int(counts[1, value])
+        if total:
+            dice.append(2.0 * int(counts[2, value]) / total)
+    return float(np.mean(dice)) if dice else 1.0
+
+
+class RankingAccumulator:
+    """One case's DSAL scores and main label map, accumulated slab by slab during the ranking pass.
+
+    Feed it every :class:`activeseg.model.predictor.HeadSlab` of :func:`activeseg.model.predictor.stream_heads`
+    (any slab order, each slice once), then read :meth:`score` and :attr:`main_labels`. Holds one uint8 label map
+    (k, j, i) and a few counters instead of three (C, k, j, i) float32 probability volumes.
+
+    Args:
+        shape: the volume (k, j, i) on the grid the network sees.
+        num_classes: C, background included (at most 256: label maps are uint8).
+
+    Attributes:
+        main_labels: (k, j, i) uint8 argmax of the main head (filled as slabs arrive).
+    """
+
+    def __init__(self, shape: tuple[int, int, int], num_classes: int) -> None:
+        if not 2 <= num_classes <= 256:
+            raise ValueError(f"num_classes must be 2..256 (uint8 label maps), got {num_classes}")
+        self.num_classes = num_classes
+        self.main_labels = np.zeros(shape, np.uint8)
+        self._counts = [np.zeros((3, num_classes), np.int64) for _ in range(2)]  # main vs half, main vs quarter
+        self._confidence_sum = 0.0
+        self._slices = 0
+
+    def add(self, start: int, main: np.ndarray, half: np.ndarray, quarter: np.ndarray) -> None:
+        """Fold in the slices ``start .. start + n - 1``: softmax probabilities (C, n, j, i) of the three heads."""
+        labels = [p.argmax(axis=0).astype(np.uint8) for p in (main, half, quarter)]
+        stop = start + labels[0].shape[0]
+        if labels[0].shape[1:] != self.main_labels.shape[1:] or not 0 <= start < stop <= self.main_labels.shape[0]:
+            raise ValueError(f"slab {start}..{stop - 1} of shape {main.shape} does not fit a volume {self.main_labels.shape}")
+        self.main_labels[start:stop] = labels[0]
+        for counts, auxiliary in zip(self._counts, labels[1:]):
+            counts += agreement_counts(labels[0], auxiliary, self.num_classes)
+        self._confidence_sum += float(main.max(axis=0).sum(dtype=np.float64))
+        self._slices += stop - start
+
+    def score(self, case_id: str) -> CaseScore:
+        """The case's :class:`CaseScore` (M-DSC, confidence, foreground voxels on this grid).
+
+        Raises:
+            ValueError: not every slice was added exactly once.
+        """
+        if self._slices != self.main_labels.shape[0]:
+            raise ValueError(f"{self._slices} slice(s) added, the volume has {self.main_labels.shape[0]}")
+        voxels = self.main_labels.size
+        return CaseScore(
+            case_id=case_id,
+            mdsc=float(np.mean([dice_from_counts(counts, self.num_classes) for counts in self._counts])),
+            confidence=self._confidence_sum / voxels,
+            foreground_voxels=int(voxels - self._counts[0][0, 0]),
+        )
 
 
 def weak_quota(round_index: int, settings: DsalConfig) -> int:

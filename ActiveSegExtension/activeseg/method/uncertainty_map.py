@@ -15,7 +15,12 @@ is at chance stands out even where the heads agree. (A mean would rate "heads co
 
 Served to Slicer as a compact volume in the case's own geometry: uint8 percent (0-100), gzip NRRD, at
 ``STORE/.activeseg/uncertainty/<case_id>.nrrd`` (:func:`uncertainty_map_path`), written atomically by
-:func:`write_uncertainty_map`, which the ranking round calls once per ranked case.
+:func:`write_uncertainty_map` (whole volumes) or :func:`write_uncertainty_volume` (a computed map; the ranking round
+calls it once per ranked case).
+
+Both signals are per voxel, so the map of a slab of slices is that slab of the whole volume's map: the ranking
+round computes it slab by slab as the sliding window finishes slices
+(:func:`activeseg.model.predictor.stream_heads`) and never holds the three heads' whole probability volumes.
 
 Arrays are numpy ``(C, k, j, i)`` (softmax over axis 0) and ``(k, j, i)``; geometry is LPS (:class:`Geometry`).
 """
@@ -39,7 +44,7 @@ __all__ = [
     "uncertainty_map",
     "uncertainty_map_path",
     "write_uncertainty_map",
-    "write_uncertainty_volume", "write_uncertainty_volume",
+    "write_uncertainty_volume",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,8 +141,10 @@ def write_uncertainty_map(meta_dir: Path, case_id: str, main: np.ndarray, half: 
                           geometry: Geometry) -> Path:
     """Compute a case's map from its three heads and write it atomically, replacing an older one.
 
-    This is the call the ranking round makes for every case it ranks, right after ``predict_heads``:
+    For probabilities of whole volumes (e.g. from ``predict_heads``):
     ``write_uncertainty_map(store.meta_dir, case_id, heads.main, heads.half, heads.quarter, volume.geometry)``.
+    The ranking round instead fills the map slab by slab with :func:`uncertainty_map` and writes it with
+    :func:`write_uncertainty_volume`.
 
     Args:
         meta_dir: the datastore's ``.activeseg`` folder (``Datastore.meta_dir``).

@@ -10,6 +10,11 @@ they are never trained on or pseudo-labelled.
 under the ranking model (a re-rank after the radiologist labelled some queued cases, or after a rollback to a model
 that ranked before) keeps them without a pass; only the cases it then routes to the queue or to a pseudo-label and
 that have no label map in memory get one pass each. A new model re-scores every candidate.
+
+**Memory**: a pass streams the heads' probabilities slab by slab into running statistics
+(:func:`activeseg.model.predictor.stream_heads`, :class:`activeseg.method.dsal.RankingAccumulator`) instead of
+holding three (C, k, j, i) probability volumes, and candidates' label maps wait on disk (:class:`ArraySpill`) until
+routing decides which are written, so a round holds about one case's image, label map and uncertainty map at a time.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import numpy as np
 from activeseg.io.atomic import atomic_write
 from activeseg.store.datastore import Datastore, ModelRecord, ScoreRecord, StoreCommit
 from activeseg.method.uncertainty_map import uncertainty_map, write_uncertainty_volume
-from activeseg.method.dsal import CaseScore, confidence, mdsc, route_cases, weak_quota
+from activeseg.method.dsal import CaseScore, RankingAccumulator, confidence, mdsc, route_cases, weak_quota
 from activeseg.method.metrics import collapsed_classes
 from activeseg.errors import ModelVersionError, TrainingCancelled
 from activeseg.io.volumes import Geometry
 from activeseg.model.predictor import HeadProbabilities, Predictor, select_device
 from activeseg.model.preprocessing import resample_to_grid
 from activeseg.io.seg_nrrd import write_segmentation_file
+from activeseg.io.spill import ArraySpill
 
 __all__ = ["RankResult", "score_case", "rank_round", "pseudo_label_round"]
 
@@ -112,18 +118,25 @@ def _write_predictions(store: Datastore, commit: StoreCommit, version: int,
 
 def _score_and_map(store: Datastore, predictor: Predictor, case_id: str) -> tuple[CaseScore, np.ndarray, Geometry]:
     """One pass over a case: its scores (foreground voxels counted on the source grid), the main head's label map
-    on the image's own grid, and the image's geometry; writes the case's uncertainty overlay from the same pass."""
+    on the image's own grid, and the image's geometry; writes the case's uncertainty overlay from the same pass.
+
+    The heads' probabilities arrive slab by slab and are folded into the scores, the label map and the uncertainty
+    map as they come (the same values :func:`score_case` and :func:`uncertainty_map` give on whole volumes)."""
     volume = store.load_image(case_id)
     image, planned, pad = predictor.prepare(volume)
-    heads = predictor.predict_prepared(image, pad)
-    score, main = score_case(case_id, heads, store.config.num_classes)
+    statistics = RankingAccumulator(image.shape, store.config.num_classes)
     # The voxel-wise map Slicer overlays (where the heads disagree or the main head is unsure), from the same pass.
-    uncertainty = uncertainty_map(heads.main, heads.half, heads.quarter)
+    uncertainty = np.empty(image.shape, np.float32)
+    for slab in predictor.stream_prepared(image, pad):
+        statistics.add(slab.start, slab.main, slab.half, slab.quarter)
+        uncertainty[slab.start:slab.stop] = uncertainty_map(slab.main, slab.half, slab.quarter)
+    del image
     write_uncertainty_volume(store.meta_dir, case_id, resample_to_grid(uncertainty, planned, volume.geometry, is_label=False),
                              volume.geometry)
-    del heads
+    del uncertainty
+    score = statistics.score(case_id)
     score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, volume.geometry))))
-    return score, resample_to_grid(main, planned, volume.geometry, is_label=True), volume.geometry
+    return score, resample_to_grid(statistics.main_labels, planned, volume.geometry, is_label=True), volume.geometry
 
 
 def _model_or_active(store: Datastore, model: ModelRecord | None) -> ModelRecord:
@@ -168,7 +181,7 @@ def rank_round(
     result = RankResult(model_version=version)
     # Scores come from the planned grid (M-DSC and confidence are ratios and means, so the grid hardly matters and
     # it is the cheaper one); label maps written for Slicer are resampled back onto each image's own grid.
-    main_maps: dict[str, np.ndarray] = {}
+    main_maps = ArraySpill(store.meta_dir)  # on disk until routing picks the few that are written
     geometries: dict[str, Geometry] = {}
     stored = store.scores(version)
     for index, record in enumerate(candidates, start=1):
@@ -222,6 +235,7 @@ def rank_round(
             store.stage_pseudo_labels(commit, version, written)
             if progress is not None:
                 progress({"phase": "write", "step": to_write, "steps": to_write})
+    main_maps.close()
     result.seconds = time.perf_counter() - started
     logger.info(
         "ranked %d case(s) with model v%d in %.1f s (%d passes, %d stored scores kept; %.2f cases/s): %d queued, "
