@@ -128,6 +128,13 @@ class TrainingConfig:
         num_threads: torch CPU threads (0 = torch's default).
         class_balance: weight the cross-entropy per class by inverse square-root voxel frequency of the expert
             labels (``model.loss.balanced_class_weights``), for small lesions within a short budget.
+        processes: data-parallel training processes (one per GPU; gloo on the CPU): above 1 a round runs under
+            torchrun with DDP, ``batch_size`` crops per process (README "Several GPUs and nodes").
+        launcher: command template that starts the ranks instead of torchrun on this machine (e.g. through srun);
+            ``{entry}`` is what torchrun runs, ``{nproc}`` the processes, ``{python}`` this interpreter; empty =
+            ``{python} -m torch.distributed.run --standalone --nproc-per-node {nproc} {entry}``.
+        distributed_timeout_s: how long a rank waits for the others at a collective, seconds (the others wait
+            while rank 0 prepares the cases and validates).
     """
 
     patch_size: tuple[int, ...] = ()
@@ -159,6 +166,9 @@ class TrainingConfig:
     amp: bool = True
     num_threads: int = 0
     class_balance: bool = False
+    processes: int = 1
+    launcher: str = ""
+    distributed_timeout_s: float = 7200.0
 
 
 @dataclass
@@ -298,6 +308,13 @@ class Config:
             raise ConfigError(f"training.mirroring must be auto, on or off, got {self.training.mirroring!r}")
         if any(a not in (0, 1, 2) for a in self.training.flip_axes):
             raise ConfigError(f"training.flip_axes must be array axes 0, 1, 2, got {self.training.flip_axes}")
+        if self.training.processes < 1:
+            raise ConfigError(f"training.processes must be >= 1, got {self.training.processes}")
+        if self.training.launcher and "{entry}" not in self.training.launcher:
+            raise ConfigError("training.launcher must contain {entry} (what torchrun runs), got "
+                              f"{self.training.launcher!r}")
+        if not self.training.distributed_timeout_s > 0:
+            raise ConfigError(f"training.distributed_timeout_s must be > 0, got {self.training.distributed_timeout_s}")
         if self.dsal.confidence_bins < 1 or self.dsal.strong_per_round < 0:
             raise ConfigError("dsal.confidence_bins must be >= 1 and dsal.strong_per_round >= 0")
 
@@ -474,6 +491,9 @@ _RANGES: dict[str, str] = {
     "training.warmup_fraction": "[0, 1]",
     "training.foreground_crop_fraction": "[0, 1]",
     "training.learning_rate": "> 0",
+    "training.processes": ">= 1",
+    "training.launcher": "empty, or a command with {entry} ({nproc}, {python} optional)",
+    "training.distributed_timeout_s": "> 0",
     "dsal.strong_per_round": ">= 0",
     "dsal.confidence_bins": ">= 1",
     "alnt.lambda_": "[0, 1] (alias alnt.lambda)",

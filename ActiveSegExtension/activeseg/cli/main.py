@@ -90,12 +90,12 @@ def config_command(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace) -> int:
     """One training round from the active model."""
-    from activeseg.pipeline.training_round import train_round
+    from activeseg.pipeline.distributed import train
 
     store = _open_store(args.data)
     bar = ProgressBar("training", enabled=not args.quiet)
     try:
-        outcome = train_round(store, progress=bar)
+        outcome = train(store, progress=bar, processes=args.nproc)
     finally:
         bar.close()
     metrics = outcome.metrics
@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("train", train_command, "run one training round"), ("rank", rank_command, "rank the pool and write pseudo-labels")):
         sub = with_data(commands.add_parser(name, help=text))
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "train":
+            sub.add_argument("--nproc", type=int, default=None, metavar="N",
+                             help="data-parallel processes for this round (one per GPU; default training.processes); "
+                                  "above 1 it runs under torchrun (README 'Several GPUs and nodes')")
         if name == "rank":
             sub.add_argument("--no-pseudo", action="store_true", help="only rank and queue; keep the pseudo-labels as they are")
         sub.set_defaults(func=func)

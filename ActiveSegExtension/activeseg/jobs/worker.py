@@ -256,9 +256,11 @@ def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: Pro
     """Run one job kind, staging its effects on ``commit``; return its JSON result. Engine modules are imported here
     (torch loads in the child only)."""
     if kind == "train":
-        from activeseg.pipeline.training_round import train_round
+        from activeseg.pipeline.distributed import train
 
-        outcome = train_round(store, progress, commit=commit)
+        # training.processes (or the job's "processes") > 1: torchrun ranks, this worker their owner (their
+        # progress relayed here, their outcome committed here; see activeseg.pipeline.distributed).
+        outcome = train(store, progress, commit=commit, processes=params.get("processes"))
         # "registered": False when the new weights lost to the active model on validation: no version was added,
         # and "message" says so (the module shows it instead of a bare "succeeded").
         result: dict[str, Any] = {

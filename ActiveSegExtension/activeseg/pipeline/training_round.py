@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from activeseg.config import Config
@@ -50,6 +51,7 @@ from activeseg.io.volumes import Geometry, read_geometry
 from activeseg.method.alnt import alnt_backward, pseudo_share
 from activeseg.method.metrics import collapsed_classes, dice_per_class, summarise_dice
 from activeseg.model.case_cache import CachedCase, CaseCache, source_key
+from activeseg.model.distributed import DataParallel
 from activeseg.model.loss import DeepSupervisionLoss, balanced_class_weights
 from activeseg.model.network import DeepSupervisedUNet3D, build_network
 from activeseg.model.plan import (
@@ -62,7 +64,8 @@ from activeseg.store.datastore import TRAINED_STATES, CaseState, Datastore, Mode
 
 __all__ = [
     "TrainingData", "ProgressCallback", "WeightObserver", "load_training_data", "plan_round", "round_steps", "validation_dice",
-    "train_model", "train_round", "RoundResult", "round_message", "validated_epochs",
+    "train_model", "train_round", "RoundResult", "round_message", "validated_epochs", "run_round", "finish_round",
+    "register_weights", "TrainedRound",
 ]
 
 logger = logging.getLogger(__name__)
@@ -302,6 +305,7 @@ def train_model(
     progress: ProgressCallback | None = None,
     seed: int = 0,
     weight_observer: WeightObserver | None = None,
+    group: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place for ``steps`` optimiser steps; keep the weights with the best validation Dice.
 
@@ -311,14 +315,23 @@ def train_model(
     they join the batch at the experts' weight. Validation runs after the epochs of :func:`validated_epochs`.
     ``weight_observer``, when given, receives every ALNT step's pseudo crops (their origins) and final weights.
 
+    Data-parallel (``group``, every rank calls this with the same model and data): DDP wraps the network for plain
+    steps and ALNT steps exchange what keeps them exact (:mod:`activeseg.method.alnt`); each rank draws its own crops
+    (expert stream ``seed + 2 * rank``, pseudo stream ``seed + 2 * rank + 1``: rank 0 draws what one process would)
+    and ``plan.batch_size`` of them, so a step's global batch is ``world_size`` times larger. Rank 0 alone validates,
+    keeps the best weights and reports progress; the ranks stop together (one small all-reduce per step carries
+    rank 0's cancel and the mean loss). Other ranks return their last weights and metrics without validation.
+
     Returns:
         Metrics: loss and validation history (per epoch), best epoch, ALNT weight statistics, seconds per phase.
 
     Raises:
-        TrainingCancelled: ``progress`` returned False.
+        TrainingCancelled: ``progress`` returned False (data-parallel: on every rank, at the next step).
     """
     settings = config.training
-    torch.manual_seed(seed)
+    rank = group.rank if group is not None else 0
+    main_rank = rank == 0
+    torch.manual_seed(seed + rank)
     epochs, steps_per_epoch = epoch_budget(config, steps, epochs)
     steps = steps_per_epoch * epochs
     to_validate = set(validated_epochs(config, epochs, steps_per_epoch))
@@ -331,8 +344,12 @@ def train_model(
     )
     loss_fn = DeepSupervisionLoss(class_weights)
     autocast_on = settings.amp and device.type == "cuda"
-    experts = iter(_stream(data.experts, plan, plan.batch_size, seed, config))
-    pseudo = iter(_stream(data.pseudo, plan, config.alnt.pseudo_batch_size, seed + 1, config)) if data.pseudo else None
+    experts = iter(_stream(data.experts, plan, plan.batch_size, seed + 2 * rank, config))
+    pseudo = iter(_stream(data.pseudo, plan, config.alnt.pseudo_batch_size, seed + 2 * rank + 1, config)) if data.pseudo else None
+    network: torch.nn.Module = model
+    if group is not None:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    stop_requested = False  # data-parallel: rank 0's progress asked to cancel; every rank stops at the next sync
     started = time.perf_counter()
     phase_seconds = {"train": 0.0, "validate": 0.0}
     loss_history: list[float] = []
@@ -341,11 +358,23 @@ def train_model(
     best_score, best_state, best_epoch, best_dice = -math.inf, None, 0, {}
 
     def report(event: dict[str, Any]) -> None:
+        nonlocal stop_requested
         if progress is not None and progress(event) is False:
+            if group is None:
+                raise TrainingCancelled("training cancelled")
+            stop_requested = True
+
+    def sync(loss_value: float) -> float:
+        """Data-parallel: stop on every rank when any asked to; the mean loss over the ranks."""
+        if group is None:
+            return loss_value
+        stop, mean_loss = group.sync_step(stop_requested, loss_value)
+        if stop:
             raise TrainingCancelled("training cancelled")
+        return mean_loss
 
     for epoch in range(1, epochs + 1):
-        model.train()
+        network.train()
         epoch_losses = []
         phase_started = time.perf_counter()
         for step in range(1, steps_per_epoch + 1):
@@ -359,7 +388,7 @@ def train_model(
                 pseudo_batch = next(pseudo)
                 pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in pseudo_batch[:2])
                 fused = alnt_backward(model, images, labels, pseudo_images, pseudo_labels, config.alnt,
-                                      pseudo_scale=share, loss=loss_fn)
+                                      pseudo_scale=share, loss=loss_fn, group=group)
                 loss, step_stats = fused.loss, fused.alnt.stats
                 alnt_history.append(step_stats)
                 if weight_observer is not None:
@@ -369,12 +398,12 @@ def train_model(
                     pseudo_images, pseudo_labels = (t.to(device, non_blocking=True) for t in next(pseudo)[:2])
                     images, labels = torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_labels])
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
-                    loss = loss_fn.mean(model(images), labels)
-                loss.backward()
+                    loss = loss_fn.mean(network(images), labels)
+                loss.backward()  # data-parallel: DDP averages the gradient over the ranks
             torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)  # nnU-Net's clip: one bad crop cannot wreck a round
             optimiser.step()
             schedule.step()
-            epoch_losses.append(float(loss.detach()))
+            epoch_losses.append(sync(float(loss.detach())))
             done = (epoch - 1) * steps_per_epoch + step
             elapsed = time.perf_counter() - started
             report({
@@ -384,7 +413,7 @@ def train_model(
             })
         phase_seconds["train"] += time.perf_counter() - phase_started
         loss_history.append(float(np.mean(epoch_losses)))
-        if epoch not in to_validate:
+        if epoch not in to_validate or not main_rank:
             continue
         phase_started = time.perf_counter()
         report({"phase": "validate", "epoch": epoch, "epochs": epochs, "running": True})  # a pass starts
@@ -401,6 +430,7 @@ def train_model(
             "phase": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_history[-1],
             "val_dice": dice.get("mean"), "elapsed_s": elapsed, "eta_s": elapsed / done * (steps - done),
         })
+    sync(0.0)  # a cancel asked for during the last validation
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -431,6 +461,27 @@ def _notify(progress: ProgressCallback | None, event: dict[str, Any]) -> None:
         raise TrainingCancelled("training cancelled")
 
 
+@dataclass
+class TrainedRound:
+    """A round's outcome before anything is registered (:func:`run_round`), for :func:`finish_round`.
+
+    Attributes:
+        model: the weights the round leaves active (the parent's when ``kept_parent``), eval mode.
+        plan: their plan.
+        metrics: the round's metrics (JSON types once registered).
+        parent: the active version when the round started, or None.
+        plan_record: ``plan.json`` of a round trained from scratch (written once its model registers), else None.
+        kept_parent: the parent scored higher on validation: nothing is to be registered.
+    """
+
+    model: DeepSupervisedUNet3D
+    plan: Plan
+    metrics: dict[str, Any]
+    parent: int | None
+    plan_record: dict[str, Any] | None
+    kept_parent: bool
+
+
 def train_round(store: Datastore, progress: ProgressCallback | None = None,
                 weight_observer: WeightObserver | None = None, commit: StoreCommit | None = None) -> RoundResult:
     """Train one round and register its model as a new, active version, unless the parent scores higher on the
@@ -444,16 +495,39 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     ``compare_parent`` once the cases are cached), ``train`` per step and ``validate`` per epoch (see
     :func:`train_model`), ``compare_parent`` with ``step``/``steps`` (models scored of 2) when there is a parent.
 
+    This runs in one process; :func:`activeseg.pipeline.distributed.train` runs the same round on several
+    (``training.processes``).
+
     Raises:
         CaseStateError: no expert or accepted label in the training split.
         TrainingCancelled: the progress callback asked to stop (no version is written).
     """
+    trained = run_round(store, progress, weight_observer)
+    assert trained is not None  # one process is rank 0
+    return finish_round(store, trained, commit)
+
+
+def run_round(store: Datastore, progress: ProgressCallback | None = None,
+              weight_observer: WeightObserver | None = None, group: DataParallel | None = None) -> TrainedRound | None:
+    """Everything of :func:`train_round` but the registration: cases, plan, training, comparison with the parent.
+
+    Data-parallel (``group``; every rank calls it): rank 0 prepares the cases first (the on-disk cache), then the
+    others read them; all ranks train (:func:`train_model`); rank 0 alone validates, compares with the parent,
+    reports progress and returns the outcome; the other ranks return None.
+
+    Raises:
+        CaseStateError: no expert or accepted label in the training split.
+        TrainingCancelled: the progress callback asked to stop.
+    """
+    main_rank = group is None or group.is_main
+    if not main_rank:
+        progress = None
     _notify(progress, {"phase": "preprocess"})
     config = store.config
     settings = config.training
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    device = select_device(settings.device)
+    device = group.device if group is not None else select_device(settings.device)
     parent = store.active_version()
     round_index = 1 if parent is None else int(store.model(parent).metrics.get("round", parent)) + 1
     started = time.perf_counter()
@@ -465,8 +539,9 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
             # Fine-tuning a model that never learned a class kept it unlearned in the hippocampus campaign (issue 11,
             # seed 2: Posterior 0.000 at 4 and 8 labelled volumes); a fresh start can learn it from the new labels.
             warm = False
-            logger.warning("round %d: the active model v%d has not learned %s: this round trains from scratch",
-                           round_index, parent, ", ".join(inherited))
+            if main_rank:
+                logger.warning("round %d: the active model v%d has not learned %s: this round trains from scratch",
+                               round_index, parent, ", ".join(inherited))
     geometries = _expert_geometries(store)
     if not geometries:
         raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
@@ -475,7 +550,11 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
         spacing = plan.target_spacing
     else:
         spacing = _target_spacing(config, geometries)
+    if group is not None and not main_rank:
+        group.barrier()  # rank 0 preprocesses cache misses; the others then read the cache
     data = load_training_data(store, spacing)
+    if group is not None and main_rank:
+        group.barrier()
     if not data.experts:  # every expert label changed while the round started
         raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
     plan_record: dict[str, Any] | None = None  # plan.json of a from-scratch round, written if it registers
@@ -491,13 +570,17 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
                        "compare_parent": parent is not None and bool(data.validation), "elapsed_s": preprocess_seconds,
                        "epochs": planned_epochs, "steps_per_epoch": steps_per_epoch,
                        "validation_passes": len(validated_epochs(config, planned_epochs, steps_per_epoch))})
-    logger.info(
-        "round %d: %d expert, %d pseudo, %d validation cases; %d steps (%s) on %s; patch %s at %s mm",
-        round_index, len(data.experts), len(data.pseudo), len(data.validation), planned_epochs * steps_per_epoch,
-        "warm start" if warm else "from scratch", device, plan.patch_size, plan.target_spacing,
-    )
+    if main_rank:
+        logger.info(
+            "round %d: %d expert, %d pseudo, %d validation cases; %d steps (%s) on %s%s; patch %s at %s mm",
+            round_index, len(data.experts), len(data.pseudo), len(data.validation), planned_epochs * steps_per_epoch,
+            "warm start" if warm else "from scratch", device,
+            f" x {group.world_size} processes" if group is not None else "", plan.patch_size, plan.target_spacing,
+        )
     metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=settings.seed + round_index,
-                          weight_observer=weight_observer)
+                          weight_observer=weight_observer, group=group)
+    if not main_rank:
+        return None
     metrics["phase_seconds"]["preprocess"] = preprocess_seconds
     kept_parent = False
     if parent is not None and data.validation and settings.keep_better_parent:
@@ -527,6 +610,7 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
         "kept_parent": kept_parent,
         "plan": plan.to_dict(),
         "device": str(device),
+        "processes": group.world_size if group is not None else 1,
         "n_expert": len(data.experts),
         "n_pseudo": len(data.pseudo),
         "n_validation": len(data.validation),
@@ -537,24 +621,41 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
             (store.model(parent).metrics.get("val_dice") or {}) if kept_parent and parent is not None else metrics["val_dice"],
             config.labels, settings.unlearned_class_dice),
     })
-    if kept_parent and parent is not None:
+    return TrainedRound(model, plan, metrics, parent, plan_record, kept_parent)
+
+
+def finish_round(store: Datastore, trained: TrainedRound, commit: StoreCommit | None = None) -> RoundResult:
+    """Register what :func:`run_round` trained (see :func:`train_round` for ``commit``); a round that kept its parent
+    registers nothing."""
+    if trained.kept_parent and trained.parent is not None:
         # As a registered version's metrics read back: JSON types (lists, not tuples).
-        return RoundResult(store.model(parent), json.loads(json.dumps(metrics)), registered=False)
+        return RoundResult(store.model(trained.parent), json.loads(json.dumps(trained.metrics)), registered=False)
+    config = store.config
+    fd, temp_name = tempfile.mkstemp(prefix=TEMP_MARKER, suffix=".pt", dir=store.meta_dir)
+    os.close(fd)
+    try:
+        save_checkpoint(trained.model, trained.plan, config.num_classes, config.network.dropout, Path(temp_name))
+        return register_weights(store, Path(temp_name), trained.metrics, trained.parent, trained.plan_record, commit)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+
+
+def register_weights(store: Datastore, weights: Path, metrics: dict[str, Any], parent: int | None,
+                     plan_record: dict[str, Any] | None, commit: StoreCommit | None = None) -> RoundResult:
+    """Register a checkpoint file (:func:`activeseg.model.predictor.save_checkpoint`) as the round's new version.
+
+    ``commit``: stage it there (see :func:`train_round`); ``plan_record``: ``plan.json`` to write once it commits.
+    """
     def write_plan() -> None:
         if plan_record is not None:
             atomic_write(store.meta_dir / "plan.json", lambda p: p.write_text(json.dumps(plan_record, indent=2)))
 
     own_commit = commit is None
     with store.committing(commit) as commit:
-        fd, temp_name = tempfile.mkstemp(prefix=TEMP_MARKER, suffix=".pt", dir=store.meta_dir)
-        os.close(fd)
-        try:
-            save_checkpoint(model, plan, config.num_classes, config.network.dropout, Path(temp_name))
-            record = store.stage_model(commit, Path(temp_name), metrics, parent)
-        finally:
-            Path(temp_name).unlink(missing_ok=True)
+        record = store.stage_model(commit, weights, metrics, parent)
         commit.after(write_plan)
     if own_commit:
         record = store.model(record.version)
-    logger.info("round %d: model v%d, validation Dice %s", round_index, record.version, metrics["val_dice"].get("mean"))
+    logger.info("round %s: model v%d, validation Dice %s", metrics.get("round"), record.version,
+                (metrics.get("val_dice") or {}).get("mean"))
     return RoundResult(record, record.metrics, registered=True)
