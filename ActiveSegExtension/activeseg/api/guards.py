@@ -12,6 +12,9 @@
   ``max_upload_bytes``, every other body up to ``max_json_bytes``.
 * **Idle bodies**: a client that stops sending in the middle of a body gets 408 after ``body_idle_timeout_s``
   seconds instead of holding a worker and a temp file forever.
+* **Slow bodies**: a client that drips a body (a few bytes just inside every idle timeout) gets 408 once, past
+  ``body_idle_timeout_s`` from the request's start, its body arrives slower than ``min_body_rate`` bytes/s on
+  average. (Request headers have their own deadline: :mod:`activeseg.api.connection`.)
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestGuardMiddleware", "DEFAULT_MAX_JSON_BYTES", "DEFAULT_BODY_IDLE_TIMEOUT_S", "is_loopback_host"]
+__all__ = ["RequestGuardMiddleware", "DEFAULT_MAX_JSON_BYTES", "DEFAULT_BODY_IDLE_TIMEOUT_S", "DEFAULT_MIN_BODY_RATE",
+           "is_loopback_host"]
 
 DEFAULT_MAX_JSON_BYTES = 64 << 10  # the largest JSON body of the API is a few hundred bytes
 DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
+# Bytes/s a body must average once it has taken longer than the idle timeout: far below any real network's
+# upload rate of a label, far above a drip that only keeps a connection and a temp file held.
+DEFAULT_MIN_BODY_RATE = 10 * 1024.0
 
 _UPLOAD_PATH = re.compile(r"^/v1/cases/[^/]+/label$")
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -81,6 +88,7 @@ class RequestGuardMiddleware:
         max_upload_bytes: body limit of the label upload route, bytes.
         max_json_bytes: body limit of every other route, bytes.
         body_idle_timeout_s: longest wait for the next piece of a body, seconds.
+        min_body_rate: least average body rate past ``body_idle_timeout_s``, bytes/s (0: none).
     """
 
     def __init__(
@@ -90,12 +98,14 @@ class RequestGuardMiddleware:
         max_upload_bytes: int,
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
         body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
+        min_body_rate: float = DEFAULT_MIN_BODY_RATE,
     ) -> None:
         self.app = app
         self.loopback_only = loopback_only
         self.max_upload_bytes = max_upload_bytes
         self.max_json_bytes = max_json_bytes
         self.body_idle_timeout_s = body_idle_timeout_s
+        self.min_body_rate = min_body_rate
 
     def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
         method = scope["method"]
@@ -142,14 +152,28 @@ class RequestGuardMiddleware:
         upload = scope["method"] == "PUT" and _UPLOAD_PATH.match(scope["path"])
         limit = self.max_upload_bytes if upload else self.max_json_bytes
         state = {"received": 0, "done": False, "refused": None, "started": False}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        def too_slow() -> _BodyRefused:
+            return _BodyRefused(408, "request_timeout", (
+                f"the request body arrives too slowly: {state['received']} bytes in {loop.time() - started:.0f} s "
+                f"(at least {self.min_body_rate:g} bytes/s are needed)"))
 
         async def guarded_receive() -> Message:
             if state["done"]:
                 return await receive()
+            wait, slow = self.body_idle_timeout_s, False
+            if self.min_body_rate > 0:  # the body's rate deadline: idle grace + what it sent at the least rate
+                left = started + self.body_idle_timeout_s + state["received"] / self.min_body_rate - loop.time()
+                if left <= 0:
+                    state["refused"] = too_slow()
+                    raise state["refused"]
+                wait, slow = min(wait, left), left < wait
             try:
-                message = await asyncio.wait_for(receive(), self.body_idle_timeout_s)
+                message = await asyncio.wait_for(receive(), wait)
             except asyncio.TimeoutError:
-                state["refused"] = _BodyRefused(
+                state["refused"] = too_slow() if slow else _BodyRefused(
                     408, "request_timeout", f"the request body stalled: nothing received for {self.body_idle_timeout_s:g} s"
                 )
                 raise state["refused"] from None

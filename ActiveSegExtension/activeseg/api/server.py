@@ -6,7 +6,9 @@ learn the port when they asked for port 0. Everything else goes to the log (stde
 
 Security: without a token the server binds to loopback only and refuses requests addressed to another host or
 coming from another site (:mod:`activeseg.api.guards`); any other address needs ``--token`` and then every
-request must carry ``Authorization: Bearer <token>``. Every request's body is bounded and times out when idle.
+request must carry ``Authorization: Bearer <token>``. Every request's headers must arrive within
+``$ACTIVESEG_HEADER_TIMEOUT_S`` (10 s); its body is bounded, times out when idle (``$ACTIVESEG_BODY_IDLE_TIMEOUT_S``,
+30 s) and, past that, when it arrives slower than ``$ACTIVESEG_MIN_BODY_RATE`` bytes/s on average (10 KiB/s).
 Start-up refuses a read-only or locked datastore with one line on stderr (exit code 2).
 """
 
@@ -33,9 +35,12 @@ from fastapi.staticfiles import StaticFiles
 from activeseg import __version__
 from activeseg.api import build_router
 from activeseg.api.auth import BearerTokenMiddleware
+from activeseg.api.connection import DEFAULT_HEADER_TIMEOUT_S, protocol_with_header_timeout
 from activeseg.api.context import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_UPLOAD_BYTES, ServerContext
 from activeseg.api.errors import install_error_handlers, sqlite_error
-from activeseg.api.guards import DEFAULT_BODY_IDLE_TIMEOUT_S, DEFAULT_MAX_JSON_BYTES, RequestGuardMiddleware
+from activeseg.api.guards import (
+    DEFAULT_BODY_IDLE_TIMEOUT_S, DEFAULT_MAX_JSON_BYTES, DEFAULT_MIN_BODY_RATE, RequestGuardMiddleware,
+)
 from activeseg.io.atomic import TEMP_MARKER, storage_error
 from activeseg.store.case_ids import CASE_ID_PATTERN
 from activeseg.store.datastore import Datastore
@@ -68,6 +73,7 @@ def create_app(
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
+    min_body_rate: float = DEFAULT_MIN_BODY_RATE,
 ) -> FastAPI:
     """Build the API application for the datastore at ``store_path``.
 
@@ -80,6 +86,8 @@ def create_app(
         max_decoded_bytes: largest decoded voxel data of an upload (its header's dimensions x type), bytes.
         max_json_bytes: body limit of every route but the upload, bytes.
         body_idle_timeout_s: a request body that stalls this long is answered 408.
+        min_body_rate: after ``body_idle_timeout_s``, a body arriving slower than this on average (bytes/s) is
+            answered 408 (0: no minimum).
 
     Raises:
         DatastoreError: ``store_path`` is not a datastore.
@@ -134,6 +142,7 @@ def create_app(
         max_upload_bytes=max_upload_bytes,
         max_json_bytes=max_json_bytes,
         body_idle_timeout_s=body_idle_timeout_s,
+        min_body_rate=min_body_rate,
     )
     if token is not None:
         app.add_middleware(BearerTokenMiddleware, token=token)  # added last: outermost, checked first
@@ -282,12 +291,15 @@ def serve(
     limit = max_upload_bytes or int(os.environ.get("ACTIVESEG_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
     decoded = max_decoded_bytes or int(os.environ.get("ACTIVESEG_MAX_DECODED_BYTES", DEFAULT_MAX_DECODED_BYTES))
     idle = float(os.environ.get("ACTIVESEG_BODY_IDLE_TIMEOUT_S", DEFAULT_BODY_IDLE_TIMEOUT_S))
+    rate = float(os.environ.get("ACTIVESEG_MIN_BODY_RATE", DEFAULT_MIN_BODY_RATE))
+    header_timeout = float(os.environ.get("ACTIVESEG_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S))
     token = token or None
     try:
         check_bind_address(host, token)
         check_store_writable(Path(data))
         app = create_app(
-            Path(data), token=token, max_upload_bytes=limit, max_decoded_bytes=decoded, body_idle_timeout_s=idle
+            Path(data), token=token, max_upload_bytes=limit, max_decoded_bytes=decoded, body_idle_timeout_s=idle,
+            min_body_rate=rate,
         )
         sock = _bind(host, port)
     except (ActiveSegError, OSError) as exc:
@@ -304,7 +316,10 @@ def serve(
                 sys.stdout.write(f"{URL_LINE_PREFIX}http://{url_host}:{bound_port}\n")
                 sys.stdout.flush()
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=10)
+    # The h11 protocol with a deadline for request headers (uvicorn has none: a silent or byte-dripping
+    # connection was held for ever); bodies are guarded by RequestGuardMiddleware.
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
+                            http=protocol_with_header_timeout(header_timeout))
     server = _Server(config)
     try:
         server.run(sockets=[sock])
