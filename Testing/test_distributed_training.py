@@ -100,7 +100,9 @@ def test_train_nproc_2_runs_alnt_under_ddp_and_registers_rank_0s_model(tmp_path:
 
 @pytest.mark.slow
 def test_a_cancel_stops_every_rank_and_registers_nothing(tmp_path: Path) -> None:
-    store, _ = _store(tmp_path, overrides=("training.steps_per_epoch=400",))
+    """Through a site launcher template (a shell command): the same ranks, the same cancel."""
+    launcher = "OMP_NUM_THREADS=1 {python} -m torch.distributed.run --standalone --nproc-per-node={nproc} {entry}"
+    store, _ = _store(tmp_path, overrides=("training.steps_per_epoch=400", f"training.launcher={launcher}"))
     events: list[dict] = []
 
     def progress(event: dict) -> bool:
@@ -114,6 +116,20 @@ def test_a_cancel_stops_every_rank_and_registers_nothing(tmp_path: Path) -> None
     assert store.models() == []
     assert not list(store.meta_dir.glob(".tmp-ddp-*"))
     assert _wait_until_gone(store.root, 10) == []
+
+
+@pytest.mark.slow
+def test_ranks_started_by_hand_register_the_model_themselves(tmp_path: Path) -> None:
+    """README's torchrun command (what each node runs): without an owner, rank 0 registers the round's model."""
+    store, _ = _store(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                             "activeseg.pipeline.distributed", str(store.root)], capture_output=True, text=True,
+                            timeout=240, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "registered model v1" in result.stdout
+    store = Datastore(store.root)
+    assert store.active_version() == 1 and store.model(1).metrics["processes"] == 2
 
 
 def _start_long_job(tmp_path: Path) -> tuple[Datastore, JobRunner, str]:

@@ -50,7 +50,7 @@ from activeseg.config import Config
 from activeseg.errors import ActiveSegError, ConfigError, TrainingCancelled
 from activeseg.io.atomic import TEMP_MARKER
 from activeseg.pipeline.training_round import (
-    ProgressCallback, RoundResult, TrainedRound, register_weights, run_round, train_round,
+    ProgressCallback, RoundResult, TrainedRound, finish_round, register_weights, run_round, train_round,
 )
 from activeseg.store.datastore import Datastore, StoreCommit
 
@@ -296,10 +296,15 @@ def _watch_owner() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank: ``python -m activeseg.pipeline.distributed STORE RUN`` (started by torchrun)."""
+    """One rank: ``python -m activeseg.pipeline.distributed STORE [RUN]``, started by torchrun.
+
+    With ``RUN`` (the owner's run folder) rank 0 hands its outcome to the owner (module docstring). Without it, the
+    ranks were started by hand (``torchrun ... -m activeseg.pipeline.distributed STORE``, e.g. on several nodes) and
+    rank 0 registers the round's model itself, as ``activeseg train`` does, and logs what the round did.
+    """
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        sys.stderr.write("usage: torchrun ... -m activeseg.pipeline.distributed STORE RUN\n")
+    if len(args) not in (1, 2):
+        sys.stderr.write("usage: torchrun [torchrun options] -m activeseg.pipeline.distributed STORE [RUN]\n")
         return 2
     from activeseg.model.distributed import die_with_parent, initialise
 
@@ -309,24 +314,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C / torchrun's stop ends a rank at once
-    store_root, run_dir = Path(args[0]), Path(args[1])
+    store_root, run_dir = Path(args[0]), (Path(args[1]) if len(args) == 2 else None)
     import torch.distributed as dist
 
     store = Datastore(store_root)
     group = initialise(store.config.training.device, store.config.training.distributed_timeout_s)
-    progress = _FileProgress(run_dir) if group.is_main else None
+    progress = _FileProgress(run_dir) if group.is_main and run_dir is not None else None
     status = 0
     try:
         trained = run_round(store, progress, group=group)
-        if trained is not None:
+        if trained is not None and run_dir is not None:
             _write_outcome(run_dir, trained, store.config)
+        elif trained is not None:
+            logger.info("%s", finish_round(store, trained).message)
     except TrainingCancelled:
         logger.info("cancelled")
-        if group.is_main:
+        if group.is_main and run_dir is not None:
             _write_json(run_dir / "outcome.json", {"status": "cancelled"})
     except Exception as exc:  # noqa: BLE001 - rank 0's error becomes the job's; every rank exits non-zero
         logger.error("training failed: %s\n%s", exc, traceback.format_exc())
-        if group.is_main:
+        if group.is_main and run_dir is not None:
             _write_json(run_dir / "outcome.json", {"status": "failed", "type": type(exc).__name__, "error": str(exc)})
         status = 1
     finally:
