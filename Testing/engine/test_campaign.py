@@ -63,3 +63,19 @@ def test_campaign_runs_in_parallel_and_resumes(phantom_source: Path, tmp_path: P
 def test_campaign_needs_strategies_and_one_run_needs_out(phantom_source: Path, tmp_path: Path) -> None:
     assert main(["simulate", "--dataset", str(phantom_source), "--out-dir", str(tmp_path)]) == 2
     assert main(["simulate", "--dataset", str(phantom_source), "--strategy", "random"]) == 2
+
+
+def test_runs_of_one_seed_wait_for_its_round0_model_so_they_share_it(phantom_source: Path, tmp_path: Path) -> None:
+    """With more workers than seeds, a seed's strategies must not each train their own round-0 model at once (the
+    paired comparison at the first budget assumes one shared model): the first run of a seed trains it, the others
+    start once its round 0 is cached."""
+    out = tmp_path / "runs"
+    args = ["simulate", "--dataset", str(phantom_source), "--strategies", "random", "fg-random", "entropy",
+            "--seeds", "0", "--jobs", "3", "--out-dir", str(out), "--rounds", "1", "--per-round", "1", "--initial", "2",
+            "--test-fraction", "0.2", "--val-fraction", "0.2", "--no-progress"] + [x for s in TINY for x in ("--set", s)]
+    assert main(args) == 0
+    round0 = {name: json.loads((out / f"{name}-seed0.json").read_text())["rounds"][0]
+              for name in ("random", "fg-random", "entropy")}
+    assert sorted(r["round0_cached"] for r in round0.values()) == [False, True, True]
+    assert len({json.dumps(r["test_dice"], sort_keys=True) for r in round0.values()}) == 1
+    assert len(list((out / "round0").glob("round0-*.pt"))) == 1

@@ -11,7 +11,10 @@
   minutes long). Each run also logs to ``OUT/logs/<label>-seed<N>.log``.
 * **Parallel**: ``jobs`` worker processes (spawned, not forked, so no torch thread pool is inherited), each with one
   torch thread unless the settings say otherwise. Runs are ordered so that the two first workers start different
-  seeds (a seed's first run trains the round-0 model that its other strategies then reuse from the cache).
+  seeds. A seed's first run trains the round-0 model that its other strategies reuse from the cache; those others
+  are held back until that model is cached (the ``round_done`` event of round 0, or the run's end), so that however
+  many workers there are, the strategies of a seed share one round-0 model and their paired comparison at the first
+  budget holds (with 15 workers on a GPU they would otherwise each train their own at once).
 * **Progress**: one bar per running run (rounds done, with the current phase and training step), drawn by the
   parent from events the workers send over a queue.
 """
@@ -26,7 +29,7 @@ import os
 import queue as queue_module
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -137,31 +140,52 @@ def _worker(dataset_dir: str, run: CampaignRun, events: Any) -> tuple[str, float
         phase = event.get("phase")
         if phase in ("train", "validate", "evaluate", "select", "round_done", "compare_parent"):
             if phase != "train" or event.get("step", 0) % 10 == 0:  # a bar needs no more than every 10th step
-                events.put((run.name, {k: v for k, v in event.items() if isinstance(v, (int, float, str, bool))}))
+                events.put((str(run.out), {k: v for k, v in event.items() if isinstance(v, (int, float, str, bool))}))
 
     results = run_simulation(Path(dataset_dir), run.settings, progress=forward)
     _write_atomically(run.out, json.dumps(results, indent=1) + "\n")
     return run.name, float(results["seconds"])
 
 
-def _draw_progress(events: Any, runs: list[CampaignRun], stop: threading.Event, show: bool) -> None:
-    """Parent-side progress: one tqdm bar per run while it runs (rounds done; phase and step as postfix)."""
+def _round0_group(run: CampaignRun) -> tuple[Any, ...] | None:
+    """What a run's round-0 model depends on (runs with equal groups share it); None for a run that trains its own.
+
+    A superset of the cache key's inputs (:func:`activeseg.experiments.simulation._round0_key` also hashes the split
+    the dataset yields): runs with equal groups have equal keys. ALNT settings never enter round 0.
+    """
+    settings = run.settings
+    if settings.round0_cache is None or settings.strategy == "full":
+        return None
+    overrides = tuple(o for o in settings.config_overrides() if not o.startswith("alnt."))
+    return (str(settings.round0_cache), settings.seed, settings.initial, settings.test_fraction, settings.val_fraction,
+            settings.pool_size, overrides)
+
+
+def _draw_progress(events: Any, runs: list[CampaignRun], stop: threading.Event, show: bool,
+                   round0_done: queue_module.Queue[str]) -> None:
+    """Parent-side progress: one tqdm bar per run while it runs (rounds done; phase and step as postfix).
+
+    Events are keyed by the run's results path; a run's round-0 ``round_done`` is also passed on to ``round0_done``.
+    """
     from tqdm import tqdm
 
-    totals = {run.name: run.settings.rounds + 1 for run in runs}
+    names = {str(run.out): run.name for run in runs}
+    totals = {str(run.out): run.settings.rounds + 1 for run in runs}
     bars: dict[str, Any] = {}
     free_positions = list(range(len(runs)))
     while not stop.is_set() or not events.empty():
         try:
-            name, event = events.get(timeout=0.5)
+            key, event = events.get(timeout=0.5)
         except queue_module.Empty:
             continue
+        if event.get("phase") == "round_done" and event.get("round") == 0:
+            round0_done.put(key)
         if not show:
             continue
-        bar = bars.get(name)
+        bar = bars.get(key)
         if bar is None:
-            bar = bars[name] = tqdm(total=totals.get(name, 1), desc=name, position=free_positions.pop(0), unit="round",
-                                   leave=True, dynamic_ncols=True)
+            bar = bars[key] = tqdm(total=totals.get(key, 1), desc=names.get(key, key), position=free_positions.pop(0),
+                                  unit="round", leave=True, dynamic_ncols=True)
         phase = event.get("phase")
         if phase == "round_done":
             bar.update(1)
@@ -193,24 +217,55 @@ def run_campaign(dataset_dir: Path, runs: Sequence[CampaignRun], jobs: int = 2, 
         return outcome
     for run in pending:
         run.out.parent.mkdir(parents=True, exist_ok=True)
+    # A seed's first run goes first; the others of its round-0 group wait until that model is cached.
+    group_of = {str(run.out): _round0_group(run) for run in pending}
+    first: list[CampaignRun] = []
+    waiting: dict[tuple[Any, ...], list[CampaignRun]] = {}
+    for run in pending:
+        group = group_of[str(run.out)]
+        if group is not None and group in waiting:
+            waiting[group].append(run)
+        else:
+            first.append(run)
+            if group is not None:
+                waiting[group] = []
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         events = manager.Queue()
+        round0_done: queue_module.Queue[str] = queue_module.Queue()
         stop = threading.Event()
-        drawer = threading.Thread(target=_draw_progress, args=(events, pending, stop, show_progress), daemon=True)
+        drawer = threading.Thread(target=_draw_progress, args=(events, pending, stop, show_progress, round0_done),
+                                  daemon=True)
         drawer.start()
         try:
             with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
-                futures = {pool.submit(_worker, str(dataset_dir), run, events): run for run in pending}
-                for future in as_completed(futures):
-                    run = futures[future]
-                    try:
-                        name, seconds = future.result()
-                        outcome["completed"][name] = seconds
-                        logger.info("%s: done in %.0f s", name, seconds)
-                    except Exception as exc:  # one failed run must not stop the others; it is reported and retried
-                        outcome["failed"][run.name] = f"{type(exc).__name__}: {exc}"
-                        logger.error("%s failed: %s (see %s)", run.name, exc, run.out.parent / "logs" / f"{run.name}.log")
+                futures: dict[Future[tuple[str, float]], CampaignRun] = {}
+
+                def submit(runs_now: list[CampaignRun]) -> None:
+                    for run in runs_now:
+                        futures[pool.submit(_worker, str(dataset_dir), run, events)] = run
+
+                submit(first)
+                while futures:
+                    done, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                    while not round0_done.empty():
+                        group = group_of.get(round0_done.get())
+                        if group is not None:
+                            submit(waiting.pop(group, []))
+                    for future in done:
+                        run = futures.pop(future)
+                        group = group_of[str(run.out)]
+                        try:
+                            name, seconds = future.result()
+                            outcome["completed"][name] = seconds
+                            logger.info("%s: done in %.0f s", name, seconds)
+                            if group is not None:
+                                submit(waiting.pop(group, []))
+                        except Exception as exc:  # one failed run must not stop the others; it is reported and retried
+                            outcome["failed"][run.name] = f"{type(exc).__name__}: {exc}"
+                            logger.error("%s failed: %s (see %s)", run.name, exc, run.out.parent / "logs" / f"{run.name}.log")
+                            if group is not None and waiting.get(group):
+                                submit([waiting[group].pop(0)])  # the next run of the group trains round 0 instead
         finally:
             stop.set()
             drawer.join(timeout=5)
