@@ -55,6 +55,9 @@ UNCERTAINTY_DIR = "uncertainty"
 #: Stored value of uncertainty 1.0: the file holds ``round(100 * map)`` as uint8 (percent).
 UNCERTAINTY_SCALE = 100
 
+#: Voxels converted to percent at a time when writing (bounds the float temporaries).
+_CHUNK_VOXELS = 1 << 22
+
 
 def _check_probabilities(name: str, p: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
     array = np.asarray(p)
@@ -167,7 +170,12 @@ def write_uncertainty_volume(meta_dir: Path, case_id: str, uncertainty: np.ndarr
     The ranking round uses this: it computes :func:`uncertainty_map` on the plan's grid and resamples it onto
     the image's own grid first.
     """
-    percent = np.rint(np.clip(uncertainty, 0.0, 1.0) * UNCERTAINTY_SCALE).astype(np.uint8)
+    uncertainty = np.asarray(uncertainty)
+    percent = np.empty(uncertainty.shape, np.uint8)
+    step = max(1, _CHUNK_VOXELS // max(1, int(np.prod(uncertainty.shape[1:]))))
+    for start in range(0, uncertainty.shape[0], step):  # slabs of slices: float temporaries stay small on a full CT
+        part = uncertainty[start:start + step]
+        percent[start:start + step] = np.rint(np.clip(part, 0.0, 1.0) * UNCERTAINTY_SCALE)
     target = uncertainty_map_path(meta_dir, case_id)
     atomic_write(target, lambda path: write_volume(percent, geometry, path, compress=True))
     logger.debug("uncertainty map of %s written (max %d %%)", case_id, int(percent.max(initial=0)))

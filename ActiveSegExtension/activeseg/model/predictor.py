@@ -337,14 +337,19 @@ def stream_heads(
             last = start == 0 if reverse_k else stop == shape[0]
             for head in range(3):
                 logits = torch.stack([heads[head] for heads in per_slice], dim=1)[None]
+                for heads in per_slice:  # each slice's sums are in ``logits`` now: free them before the next head
+                    heads[head] = None  # type: ignore[call-overload]
                 logits /= weights
                 if dims:
                     probabilities.append(torch.flip(_softmax_in_place_of(torch.flip(logits, dims), offset, last), dims))
                 else:
                     probabilities.append(_softmax_in_place_of(logits, offset, last))
+                del logits
             total = probabilities if total is None else [t + q for t, q in zip(total, probabilities)]
         assert total is not None
-        main, half, quarter = ((t[0] / len(passes)).numpy() for t in total)
+        if len(passes) > 1:
+            total = [t / len(passes) for t in total]
+        main, half, quarter = (t[0].numpy() for t in total)
         return HeadSlab(start, main, half, quarter)
 
     done = 0

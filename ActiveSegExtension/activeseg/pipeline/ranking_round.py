@@ -124,6 +124,8 @@ def _score_and_map(store: Datastore, predictor: Predictor, case_id: str) -> tupl
     map as they come (the same values :func:`score_case` and :func:`uncertainty_map` give on whole volumes)."""
     volume = store.load_image(case_id)
     image, planned, pad = predictor.prepare(volume)
+    geometry = volume.geometry
+    del volume  # the raw intensities are not needed after normalisation
     statistics = RankingAccumulator(image.shape, store.config.num_classes)
     # The voxel-wise map Slicer overlays (where the heads disagree or the main head is unsure), from the same pass.
     uncertainty = np.empty(image.shape, np.float32)
@@ -131,12 +133,12 @@ def _score_and_map(store: Datastore, predictor: Predictor, case_id: str) -> tupl
         statistics.add(slab.start, slab.main, slab.half, slab.quarter)
         uncertainty[slab.start:slab.stop] = uncertainty_map(slab.main, slab.half, slab.quarter)
     del image
-    write_uncertainty_volume(store.meta_dir, case_id, resample_to_grid(uncertainty, planned, volume.geometry, is_label=False),
-                             volume.geometry)
+    write_uncertainty_volume(store.meta_dir, case_id, resample_to_grid(uncertainty, planned, geometry, is_label=False),
+                             geometry)
     del uncertainty
     score = statistics.score(case_id)
-    score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, volume.geometry))))
-    return score, resample_to_grid(statistics.main_labels, planned, volume.geometry, is_label=True), volume.geometry
+    score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, geometry))))
+    return score, resample_to_grid(statistics.main_labels, planned, geometry, is_label=True), geometry
 
 
 def _model_or_active(store: Datastore, model: ModelRecord | None) -> ModelRecord:
@@ -152,6 +154,7 @@ def _model_or_active(store: Datastore, model: ModelRecord | None) -> ModelRecord
 def rank_round(
     store: Datastore, progress: Callable[[dict[str, Any]], bool | None] | None = None, write_pseudo: bool = True,
     commit: StoreCommit | None = None, model: ModelRecord | None = None,
+    precomputed: dict[str, CaseScore] | None = None,
 ) -> RankResult:
     """Score candidates with the active model, set the strong queue, rebuild the pseudo-label set.
 
@@ -163,6 +166,9 @@ def rank_round(
         commit: stage the effects on it instead of committing them before returning (a job commits them together
             with its other effects and its own status).
         model: the model that ranks (default: the active one); a training job passes the version it has staged.
+        precomputed: candidates' scores under ``model`` from passes other processes ran
+            (:mod:`activeseg.pipeline.sharded_ranking`): used without a pass, counted in neither ``inferred`` nor
+            ``reused``.
 
     Raises:
         ModelVersionError: no model has been trained yet.
@@ -186,7 +192,10 @@ def rank_round(
     stored = store.scores(version)
     for index, record in enumerate(candidates, start=1):
         known = stored.get(record.case_id)
-        if known is not None:
+        if precomputed is not None and record.case_id in precomputed:
+            result.scores.append(precomputed[record.case_id])
+            geometries[record.case_id] = store.image_geometry(record.case_id)
+        elif known is not None:
             geometry = store.image_geometry(record.case_id)
             voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
             result.scores.append(CaseScore(record.case_id, known.mdsc, known.confidence,
