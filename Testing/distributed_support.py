@@ -110,3 +110,33 @@ def run_ranks(function: Callable[[int, int, str], None], world_size: int, out: P
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.start_processes(function, args=(world_size, str(out)), nprocs=world_size, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+
+
+def rank_ranking(rank: int, world_size: int, out: str) -> None:
+    """One rank of a sharded ranking of the store named in ``OUT/store.txt``; rank 0 saves its result."""
+    import json
+
+    import torch.distributed as dist
+
+    from activeseg.model.distributed import DataParallel
+    from activeseg.pipeline.sharded_ranking import rank_round_sharded
+    from activeseg.store.datastore import Datastore
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world_size)
+    try:
+        group = DataParallel(rank=rank, world_size=world_size, device=torch.device("cpu"))
+        store = Datastore(Path((Path(out) / "store.txt").read_text()))
+        result = rank_round_sharded(store, group)
+        if rank == 0:
+            assert result is not None
+            (Path(out) / "result.json").write_text(json.dumps({
+                "scores": {s.case_id: [s.mdsc, s.confidence, s.foreground_voxels] for s in result.scores},
+                "strong": result.strong, "weak": result.weak, "inferred": result.inferred, "reused": result.reused,
+                "passes_by_rank": result.passes_by_rank,
+            }))
+        else:
+            assert result is None
+        torch.save({}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
