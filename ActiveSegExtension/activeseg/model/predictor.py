@@ -199,11 +199,11 @@ def _axis_mapping(start: int, stop: int, low: int, size: int, flipped: bool) -> 
     return window, slice(inside_start - low, inside_stop - low)
 
 
-#: Voxels per alignment block of :func:`_softmax_in_place_of`: a multiple of every CPU vector width torch uses.
+#: Voxels per alignment block of :func:`_softmax_as_in_volume`: a multiple of every CPU vector width torch uses.
 _VECTOR_ALIGNMENT = 64
 
 
-def _softmax_in_place_of(logits: torch.Tensor, offset: int, last: bool) -> torch.Tensor:
+def _softmax_as_in_volume(logits: torch.Tensor, offset: int, last: bool) -> torch.Tensor:
     """``torch.softmax(logits, dim=1)`` of a slab (1, C, n, j, i), bit for bit as in the whole volume's softmax.
 
     torch's CPU softmax over a non-last dimension runs vectorised over the voxels and computes the last
@@ -341,9 +341,9 @@ def stream_heads(
                     heads[head] = None  # type: ignore[call-overload]
                 logits /= weights
                 if dims:
-                    probabilities.append(torch.flip(_softmax_in_place_of(torch.flip(logits, dims), offset, last), dims))
+                    probabilities.append(torch.flip(_softmax_as_in_volume(torch.flip(logits, dims), offset, last), dims))
                 else:
-                    probabilities.append(_softmax_in_place_of(logits, offset, last))
+                    probabilities.append(_softmax_as_in_volume(logits, offset, last))
                 del logits
             total = probabilities if total is None else [t + q for t, q in zip(total, probabilities)]
         assert total is not None
