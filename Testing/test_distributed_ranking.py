@@ -4,7 +4,10 @@ predictions (``activeseg.pipeline.sharded_ranking``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +78,24 @@ def test_sharded_ranking_equals_one_process(tmp_path: Path) -> None:
         assert np.array_equal(labels, _labelmaps(other, pseudo_other)[case_id]), case_id
     states = {c.case_id: c.state for c in store.cases()}
     assert {c.case_id: c.state for c in other.cases()} == states
+
+
+@pytest.mark.slow
+def test_activeseg_rank_nproc_2_queues_what_one_process_queues(tmp_path: Path) -> None:
+    """The command (and job) path: torchrun ranks score, the owner routes, writes and commits."""
+    store = _trained_store(tmp_path / "one")
+    shutil.copytree(store.root, tmp_path / "sharded")
+    single = rank_round(store)
+    result = subprocess.run([sys.executable, "-m", "activeseg", "rank", "--data", str(tmp_path / "sharded"), "--quiet",
+                             "--nproc", "2"], capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(single.scores)} pass(es) on 2 processes" in result.stdout, result.stdout
+    other = Datastore(tmp_path / "sharded")
+    assert [c.case_id for c, _ in other.queue()] == [c.case_id for c, _ in store.queue()]
+    theirs = other.scores(1)
+    for case_id, mine in store.scores(1).items():
+        assert theirs[case_id].route == mine.route, case_id
+        assert theirs[case_id].mdsc == pytest.approx(mine.mdsc, rel=1e-6), case_id
+        assert theirs[case_id].confidence == pytest.approx(mine.confidence, rel=1e-6), case_id
+    assert not list(other.meta_dir.glob(".tmp-ddp-*"))

@@ -115,12 +115,12 @@ def _dice_text(dice: dict[str, float]) -> str:
 
 def rank_command(args: argparse.Namespace) -> int:
     """Score the pool with the active model, queue the most uncertain, write pseudo-labels."""
-    from activeseg.pipeline.ranking_round import rank_round
+    from activeseg.pipeline.distributed import rank
 
     store = _open_store(args.data)
     bar = ProgressBar("ranking", enabled=not args.quiet)
     try:
-        result = rank_round(store, progress=bar, write_pseudo=not args.no_pseudo)
+        result = rank(store, progress=bar, write_pseudo=not args.no_pseudo, processes=getattr(args, "nproc", None))
     finally:
         bar.close()
     logger.info("ranked %d case(s) in %.1f s: %d queued, %d pseudo-labelled", len(result.scores), result.seconds, len(result.strong), len(result.weak))
@@ -244,10 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("train", train_command, "run one training round"), ("rank", rank_command, "rank the pool and write pseudo-labels")):
         sub = with_data(commands.add_parser(name, help=text))
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
-        if name == "train":
-            sub.add_argument("--nproc", type=int, default=None, metavar="N",
-                             help="data-parallel processes for this round (one per GPU; default training.processes); "
-                                  "above 1 it runs under torchrun (README 'Several GPUs and nodes')")
+        sub.add_argument("--nproc", type=int, default=None, metavar="N",
+                         help="data-parallel processes (one per GPU; default training.processes); above 1 they run "
+                              "under torchrun (README 'Several GPUs and nodes')")
         if name == "rank":
             sub.add_argument("--no-pseudo", action="store_true", help="only rank and queue; keep the pseudo-labels as they are")
         sub.set_defaults(func=func)

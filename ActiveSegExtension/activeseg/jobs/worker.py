@@ -268,17 +268,18 @@ def _run_kind(store: Datastore, kind: str, params: dict[str, Any], progress: Pro
             "metrics": _jsonable(outcome.metrics),
         }
         if params.get("then_rank"):
-            from activeseg.pipeline.ranking_round import rank_round
+            from activeseg.pipeline.distributed import rank
 
-            # Ranks with the round's model (staged, not yet active: it becomes active with this ranking).
-            result["rank"] = _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True)),
-                                                      commit=commit, model=outcome.model))
+            # Ranks with the round's model (staged, not yet active: it becomes active with this ranking); its passes
+            # on training.processes ranks like the training.
+            result["rank"] = _rank_summary(rank(store, progress, write_pseudo=bool(params.get("write_pseudo", True)),
+                                                commit=commit, model=outcome.model, processes=params.get("processes")))
         return result
     if kind == "rank":
-        from activeseg.pipeline.ranking_round import rank_round
+        from activeseg.pipeline.distributed import rank
 
-        return _rank_summary(rank_round(store, progress, write_pseudo=bool(params.get("write_pseudo", True)),
-                                        commit=commit))
+        return _rank_summary(rank(store, progress, write_pseudo=bool(params.get("write_pseudo", True)),
+                                  commit=commit, processes=params.get("processes")))
     if kind == "pseudo-label":
         from activeseg.pipeline.ranking_round import pseudo_label_round
 

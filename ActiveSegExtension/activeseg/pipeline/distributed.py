@@ -22,6 +22,11 @@ reaches the torchrun agent, which stops them), each rank asks the kernel for SIG
 (``$ACTIVESEG_DDP_OWNER``), so a killed owner or agent (cancel after its grace, a crashed server) leaves no rank
 behind.
 
+A ranking (:func:`rank`: ``activeseg rank --nproc N``, a rank job, a train job's ``then_rank``) uses the same
+launch with ``--score WEIGHTS VERSION``: the ranks share the passes
+(:func:`activeseg.pipeline.sharded_ranking.score_shared`), rank 0 writes the gathered scores to ``outcome.json``, and
+the owner routes, writes and commits them with the one-process code.
+
 A site launcher (``training.launcher``) is a shell command template: ``{entry}`` becomes what torchrun must run
 (``-m activeseg.pipeline.distributed STORE RUN``), ``{nproc}`` the process count and ``{python}`` this interpreter;
 the ranks need the datastore folder at the same path (a shared file system). See README "Several GPUs and nodes".
@@ -43,18 +48,24 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from activeseg.config import Config
 from activeseg.errors import ActiveSegError, ConfigError, TrainingCancelled
 from activeseg.io.atomic import TEMP_MARKER
+from activeseg.pipeline import training_round
 from activeseg.pipeline.training_round import (
-    ProgressCallback, RoundResult, TrainedRound, finish_round, register_weights, run_round, train_round,
+    ProgressCallback, RoundResult, TrainedRound, finish_round, register_weights, run_round,
 )
-from activeseg.store.datastore import Datastore, StoreCommit
+from activeseg.method.dsal import CaseScore
+from activeseg.pipeline.ranking_round import RankResult
+from activeseg.store.datastore import Datastore, ModelRecord, StoreCommit
 
-__all__ = ["DistributedTrainingError", "ENTRY_MODULE", "launch_command", "train", "train_distributed", "main"]
+_T = TypeVar("_T")
+
+__all__ = ["DistributedTrainingError", "ENTRY_MODULE", "launch_command", "rank", "train", "train_distributed", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +93,22 @@ def train(store: Datastore, progress: ProgressCallback | None = None, commit: St
         raise ConfigError(f"the number of training processes must be >= 1, got {processes}")
     count = int(processes or store.config.training.processes)
     if count <= 1:
-        return train_round(store, progress, commit=commit)
+        return training_round.train_round(store, progress, commit=commit)
     return train_distributed(store, count, progress, commit)
 
 
-def launch_command(config: Config, processes: int, store_root: Path, run_dir: Path) -> list[str]:
+def launch_command(config: Config, processes: int, store_root: Path, run_dir: Path,
+                   extra: tuple[str, ...] = ()) -> list[str]:
     """The command that starts the ranks: torchrun on this machine, or the site's ``training.launcher``.
+
+    Args:
+        extra: arguments after ``STORE RUN`` (``--score WEIGHTS VERSION`` for a ranking's passes).
 
     Returns:
         An argument list; a launcher template runs through ``/bin/sh -c`` (so it may use shell variables) with
         ``{entry}``, ``{nproc}`` and ``{python}`` replaced by shell-quoted values.
     """
-    entry = ["-m", ENTRY_MODULE, str(store_root), str(run_dir)]
+    entry = ["-m", ENTRY_MODULE, str(store_root), str(run_dir), *extra]
     template = config.training.launcher.strip()
     if not template:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *entry]
@@ -129,21 +144,64 @@ def train_distributed(store: Datastore, processes: int, progress: ProgressCallba
         ConfigError: more processes than GPUs.
         ActiveSegError: rank 0's own typed error (e.g. CaseStateError: no expert labels), raised again here.
     """
+    return _run_ranks(store, processes, progress, (),
+                      lambda run_dir, code, cancelled: _register_outcome(store, run_dir, code, cancelled, commit))
+
+
+def rank(store: Datastore, progress: ProgressCallback | None = None, write_pseudo: bool = True,
+         commit: StoreCommit | None = None, model: ModelRecord | None = None, processes: int | None = None) -> RankResult:
+    """A ranking round (:func:`~activeseg.pipeline.ranking_round.rank_round`, same arguments) whose passes run on
+    ``processes`` ranks (default ``training.processes``; 1: in this process).
+
+    The ranks share the candidates without stored scores (:func:`activeseg.pipeline.sharded_ranking.score_shared`)
+    and rank 0 hands the scores to this owner, which routes, writes and commits with the one-process code (running
+    a pass only for the cases it routes to the queue or a pseudo-label, for their label maps).
+
+    Raises:
+        ModelVersionError: no model yet. TrainingCancelled: cancelled. DistributedTrainingError: a rank failed.
+    """
+    from activeseg.pipeline.ranking_round import _model_or_active, rank_round
+
+    if processes is not None and processes < 1:
+        raise ConfigError(f"the number of processes must be >= 1, got {processes}")
+    count = int(processes or store.config.training.processes)
+    if count <= 1:
+        return rank_round(store, progress, write_pseudo, commit, model)
+    record = _model_or_active(store, model)
+
+    def finish(run_dir: Path, code: int, cancelled: bool) -> RankResult:
+        outcome = _read_outcome(run_dir, code, cancelled, "scoring")
+        scores = {case_id: CaseScore(case_id, float(values[0]), float(values[1]), int(values[2]))
+                  for case_id, values in outcome["scores"].items()}
+        result = rank_round(store, progress, write_pseudo, commit, record, precomputed=scores)
+        result.inferred += len(scores)
+        return result
+
+    started = time.perf_counter()
+    result = _run_ranks(store, count, progress, ("--score", str(record.weights_path), str(record.version)), finish)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_ranks(store: Datastore, processes: int, progress: ProgressCallback | None, extra: tuple[str, ...],
+               finish: Callable[[Path, int, bool], _T]) -> _T:
+    """Start the ranks in a fresh run folder, relay their progress until they exit, then ``finish(run folder, exit
+    code, cancel asked)``; the run folder is removed afterwards."""
     _check_devices(store.config, processes)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARKER}ddp-", dir=store.meta_dir))
     try:
-        command = launch_command(store.config, processes, store.root, run_dir)
-        logger.info("training on %d processes: %s", processes, shlex.join(command))
+        command = launch_command(store.config, processes, store.root, run_dir, extra)
+        logger.info("running on %d processes: %s", processes, shlex.join(command))
         env = dict(os.environ, **{OWNER_ENV: f"{socket.gethostname()}:{os.getpid()}"})
         started = time.perf_counter()
         try:
             # Same process group as this owner: the job runner's signal to the worker's group reaches torchrun.
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
         except OSError as exc:
-            raise DistributedTrainingError(f"could not start the training processes ({command[0]}): {exc}") from exc
+            raise DistributedTrainingError(f"could not start the data-parallel processes ({command[0]}): {exc}") from exc
         code, cancelled = _supervise(process, run_dir, progress)
-        logger.info("training processes ended (exit code %d) after %.1f s", code, time.perf_counter() - started)
-        return _register_outcome(store, run_dir, code, cancelled, commit)
+        logger.info("data-parallel processes ended (exit code %d) after %.1f s", code, time.perf_counter() - started)
+        return finish(run_dir, code, cancelled)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -207,24 +265,31 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _register_outcome(store: Datastore, run_dir: Path, code: int, cancelled: bool, commit: StoreCommit | None) -> RoundResult:
-    """Turn rank 0's outcome file into the round's result (registering its weights) or its error."""
+def _read_outcome(run_dir: Path, code: int, cancelled: bool, what: str) -> dict[str, Any]:
+    """Rank 0's outcome file; raises its cancel or its (typed) error, or an error when there is none."""
     try:
         outcome = json.loads((run_dir / "outcome.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         outcome = None
     if outcome is None:
         if cancelled:
-            raise TrainingCancelled("training cancelled")
+            raise TrainingCancelled(f"{what} cancelled")
         raise DistributedTrainingError(
-            f"the training processes ended (exit code {code}) before rank 0 reported an outcome; see the log")
+            f"the {what} processes ended (exit code {code}) before rank 0 reported an outcome; see the log")
     status = outcome.get("status")
     if status == "cancelled":
-        raise TrainingCancelled("training cancelled")
+        raise TrainingCancelled(f"{what} cancelled")
     if status == "failed":
         raise _typed_error(outcome.get("type", ""), outcome.get("error") or "rank 0 failed")
     if code != 0:
-        logger.warning("rank 0 finished the round but the processes exited with code %d; registering its outcome", code)
+        logger.warning("rank 0 finished but the processes exited with code %d; using its outcome", code)
+    return outcome
+
+
+def _register_outcome(store: Datastore, run_dir: Path, code: int, cancelled: bool, commit: StoreCommit | None) -> RoundResult:
+    """Turn rank 0's outcome file into the round's result (registering its weights) or its error."""
+    outcome = _read_outcome(run_dir, code, cancelled, "training")
+    status = outcome.get("status")
     metrics, parent = outcome["metrics"], outcome.get("parent")
     if status == "kept_parent" and parent is not None:
         return RoundResult(store.model(int(parent)), metrics, registered=False)
@@ -303,8 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     rank 0 registers the round's model itself, as ``activeseg train`` does, and logs what the round did.
     """
     args = sys.argv[1:] if argv is None else argv
+    score: tuple[Path, int] | None = None
+    if len(args) == 5 and args[2] == "--score":  # a ranking's passes with the model VERSION in file WEIGHTS
+        score, args = (Path(args[3]), int(args[4])), args[:2]
     if len(args) not in (1, 2):
-        sys.stderr.write("usage: torchrun [torchrun options] -m activeseg.pipeline.distributed STORE [RUN]\n")
+        sys.stderr.write("usage: torchrun [torchrun options] -m activeseg.pipeline.distributed STORE [RUN "
+                         "[--score WEIGHTS VERSION]]\n")
         return 2
     from activeseg.model.distributed import die_with_parent, initialise
 
@@ -322,6 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     progress = _FileProgress(run_dir) if group.is_main and run_dir is not None else None
     status = 0
     try:
+        if score is not None and run_dir is not None:
+            from activeseg.pipeline.sharded_ranking import score_shared
+
+            shared = score_shared(store, group, score[0], score[1], progress)
+            if shared is not None:
+                _write_json(run_dir / "outcome.json", {"status": "scored", "passes_by_rank": shared[1], "scores": {
+                    cid: [s.mdsc, s.confidence, s.foreground_voxels] for cid, s in shared[0].items()}})
+            return 0
         trained = run_round(store, progress, group=group)
         if trained is not None and run_dir is not None:
             _write_outcome(run_dir, trained, store.config)

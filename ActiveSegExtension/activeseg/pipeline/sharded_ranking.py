@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
@@ -38,7 +39,7 @@ from activeseg.pipeline.ranking_round import (
 )
 from activeseg.store.datastore import Datastore, ModelRecord, StoreCommit
 
-__all__ = ["ShardedRankResult", "rank_round_sharded", "shard"]
+__all__ = ["ShardedRankResult", "rank_round_sharded", "score_shared", "shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,30 +61,28 @@ def shard(case_ids: list[str], group: DataParallel) -> list[str]:
     return case_ids[group.rank::group.world_size]
 
 
-def rank_round_sharded(
-    store: Datastore, group: DataParallel, progress: Callable[[dict[str, Any]], bool | None] | None = None,
-    write_pseudo: bool = True, commit: StoreCommit | None = None, model: ModelRecord | None = None,
-) -> ShardedRankResult | None:
-    """:func:`~activeseg.pipeline.ranking_round.rank_round` with the passes shared by the ranks (module docstring).
+def score_shared(
+    store: Datastore, group: DataParallel, weights: Path, version: int,
+    progress: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> tuple[dict[str, CaseScore], list[int]] | None:
+    """The passes of a ranking with model ``version`` (checkpoint ``weights``), shared by the ranks: every rank
+    scores its share of the candidates without stored scores under that version and writes their uncertainty
+    overlays; rank 0 gathers the scores.
 
-    Every rank calls it with the same store and model. Args as :func:`rank_round`; ``progress`` and ``commit`` are
-    used on rank 0 only.
+    Every rank calls it. The version may be staged and not yet registered (a training job's; its file exists).
 
     Returns:
-        Rank 0: the round's :class:`ShardedRankResult` (``inferred`` counts the passes of every rank); other ranks:
-        None.
+        Rank 0: ``(scores by case id, passes per rank)``; other ranks: None.
 
     Raises:
-        ModelVersionError: no model has been trained yet.
-        TrainingCancelled: rank 0's ``progress`` returned False (on every rank; nothing is changed).
+        TrainingCancelled: rank 0's ``progress`` returned False (on every rank).
     """
-    record = _model_or_active(store, model)
     settings = store.config.training
-    stored = store.scores(record.version)
+    stored = store.scores(version)
     candidates = [c.case_id for c in store.cases(split="train") if c.state in CANDIDATE_STATES]
     to_score = [case_id for case_id in candidates if case_id not in stored]
     mine = shard(to_score, group)
-    predictor = Predictor.from_checkpoint(record.weights_path, group.device, settings.amp, settings.tta_flips)
+    predictor = Predictor.from_checkpoint(weights, group.device, settings.amp, settings.tta_flips)
     started = time.perf_counter()
     scores: list[CaseScore] = []
     stop = False
@@ -103,13 +102,39 @@ def rank_round_sharded(
             raise TrainingCancelled("ranking cancelled")
     gathered: list[list[CaseScore]] | None = [[] for _ in range(group.world_size)] if group.is_main else None
     dist.gather_object(scores, gathered, dst=0, group=group.group)
-    if not group.is_main:
+    if gathered is None:
         return None
-    assert gathered is not None
-    precomputed = {score.case_id: score for part in gathered for score in part}
-    logger.info("%d pass(es) on %d processes in %.1f s (%.2f cases/s)", len(precomputed), group.world_size,
-                time.perf_counter() - started, len(precomputed) / max(time.perf_counter() - started, 1e-9))
+    elapsed = time.perf_counter() - started
+    count = sum(len(part) for part in gathered)
+    logger.info("%d pass(es) on %d processes in %.1f s (%.2f cases/s)", count, group.world_size, elapsed,
+                count / max(elapsed, 1e-9))
+    return {score.case_id: score for part in gathered for score in part}, [len(part) for part in gathered]
+
+
+def rank_round_sharded(
+    store: Datastore, group: DataParallel, progress: Callable[[dict[str, Any]], bool | None] | None = None,
+    write_pseudo: bool = True, commit: StoreCommit | None = None, model: ModelRecord | None = None,
+) -> ShardedRankResult | None:
+    """:func:`~activeseg.pipeline.ranking_round.rank_round` with the passes shared by the ranks (module docstring).
+
+    Every rank calls it with the same store and model. Args as :func:`rank_round`; ``progress`` and ``commit`` are
+    used on rank 0 only.
+
+    Returns:
+        Rank 0: the round's :class:`ShardedRankResult` (``inferred`` counts the passes of every rank); other ranks:
+        None.
+
+    Raises:
+        ModelVersionError: no model has been trained yet.
+        TrainingCancelled: rank 0's ``progress`` returned False (on every rank; nothing is changed).
+    """
+    record = _model_or_active(store, model)
+    started = time.perf_counter()
+    shared = score_shared(store, group, record.weights_path, record.version, progress if group.is_main else None)
+    if shared is None:
+        return None
+    precomputed, passes = shared
     result = rank_round(store, progress, write_pseudo, commit, model=record, precomputed=precomputed)
     result.inferred += len(precomputed)
     result.seconds = time.perf_counter() - started
-    return ShardedRankResult(**vars(result), passes_by_rank=[len(part) for part in gathered])
+    return ShardedRankResult(**vars(result), passes_by_rank=passes)
