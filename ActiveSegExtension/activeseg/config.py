@@ -128,8 +128,9 @@ class TrainingConfig:
         num_threads: torch CPU threads (0 = torch's default).
         class_balance: weight the cross-entropy per class by inverse square-root voxel frequency of the expert
             labels (``model.loss.balanced_class_weights``), for small lesions within a short budget.
-        processes: data-parallel training processes (one per GPU; gloo on the CPU): above 1 a round runs under
-            torchrun with DDP, ``batch_size`` crops per process (README "Several GPUs and nodes").
+        processes: data-parallel processes (one per GPU; gloo on the CPU): above 1 a training round runs under
+            torchrun with DDP, ``batch_size`` crops per process, and a ranking shares its passes among them (README
+            "Several GPUs and nodes").
         launcher: command template that starts the ranks instead of torchrun on this machine (e.g. through srun);
             ``{entry}`` is what torchrun runs, ``{nproc}`` the processes, ``{python}`` this interpreter; empty =
             ``{python} -m torch.distributed.run --standalone --nproc-per-node {nproc} {entry}``.
