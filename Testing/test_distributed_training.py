@@ -47,6 +47,21 @@ def _rank_processes(store_root: Path) -> list[int]:
     return pids
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _autogroup_nice(pid: int) -> int | None:
+    """The autogroup nice value of ``pid``'s session, or None without autogroups."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, ValueError):
+        return None
+
+
 def _wait_until_gone(store_root: Path, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while _rank_processes(store_root) and time.monotonic() < deadline:
@@ -151,6 +166,10 @@ def _start_long_job(tmp_path: Path) -> tuple[Datastore, JobRunner, str]:
 @pytest.mark.slow
 def test_cancelling_a_job_ends_its_worker_torchrun_and_every_rank(tmp_path: Path) -> None:
     store, runner, job_id = _start_long_job(tmp_path)
+    for pid in _rank_processes(store.root):  # ranks run in torchrun's new sessions, below the server like the worker
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= 10, pid
+        groups = _autogroup_nice(pid)
+        assert groups is None or groups >= 10 or "torch.distributed.run" in _cmdline(pid), (pid, groups)
     runner.cancel(job_id)
     deadline = time.monotonic() + 60
     while runner.table.get(job_id).status == "running" and time.monotonic() < deadline:

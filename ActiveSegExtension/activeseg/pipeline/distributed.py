@@ -360,6 +360,22 @@ def _watch_owner() -> None:
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
+def _background_like_the_worker(configured_threads: int) -> None:
+    """A rank of a server's job runs below the server as its worker does (:mod:`activeseg.jobs.priority`).
+
+    The nice value is inherited, but torchrun starts each rank in a new session, whose Linux autogroup starts at
+    nice 0 and would compete with the server as an equal. Torch's threads are left as torchrun or the settings
+    chose (one per rank unless ``training.num_threads`` says otherwise).
+    """
+    from activeseg.jobs.worker import SERVER_PID_ENV
+
+    if SERVER_PID_ENV not in os.environ:  # not a job of a server (activeseg train, or ranks started by hand)
+        return
+    from activeseg.jobs.priority import run_in_background
+
+    logger.info("%s", run_in_background(max(1, configured_threads)).describe())
+
+
 def main(argv: list[str] | None = None) -> int:
     """One rank: ``python -m activeseg.pipeline.distributed STORE [RUN]``, started by torchrun.
 
@@ -387,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     store = Datastore(store_root)
+    _background_like_the_worker(store.config.training.num_threads)
     group = initialise(store.config.training.device, store.config.training.distributed_timeout_s)
     progress = _FileProgress(run_dir) if group.is_main and run_dir is not None else None
     status = 0
