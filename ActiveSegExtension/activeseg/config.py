@@ -113,6 +113,10 @@ class TrainingConfig:
         unlearned_class_dice: a class present in the validation labels whose validation Dice is below this has not
             been learned: the round says so, a warm start from that model starts over instead, and its ranking writes
             no pseudo-labels (each would miss the class). 0 turns the rule off.
+        unlearned_retries: a from-scratch round whose model has not learned a class (``unlearned_class_dice``) trains
+            again from a new initialisation and crop seed, up to this many times, and keeps the attempt with the best
+            validation Dice. Whether a short round learns a class depended on the seed: hippocampus seed 2's initial
+            set gave Posterior 0.000 with its own seed and 0.79 / 0.80 with two others (RESULTS.md, issue 9).
         keep_better_parent: a round whose weights score below the active model on the validation split registers
             nothing (the active model stays); off: every round registers its weights.
         foreground_crop_fraction: share of crops centred on a foreground voxel (nnU-Net: 1/3).
@@ -156,6 +160,7 @@ class TrainingConfig:
     warm_start: bool = False
     keep_better_parent: bool = True
     unlearned_class_dice: float = 0.05
+    unlearned_retries: int = 1
     foreground_crop_fraction: float = 0.33
     augment: bool = True
     mirroring: str = "auto"
@@ -301,6 +306,8 @@ class Config:
             raise ConfigError(f"network.channels needs at least 3 levels (DSAL's 1/2 and 1/4 heads), got {self.network.channels}")
         if not 0.0 <= self.training.unlearned_class_dice < 1.0:
             raise ConfigError(f"training.unlearned_class_dice must be in [0, 1), got {self.training.unlearned_class_dice}")
+        if self.training.unlearned_retries < 0:
+            raise ConfigError(f"training.unlearned_retries must be >= 0, got {self.training.unlearned_retries}")
         if not 0.0 <= self.training.validate_from < 1.0:
             raise ConfigError(f"training.validate_from must be in [0, 1), got {self.training.validate_from}")
         if self.training.optimizer not in ("adamw", "sgd"):

@@ -112,3 +112,35 @@ def test_eta_counts_only_the_validated_epochs() -> None:
             model.observe({"phase": "validate", "epoch": epoch, "epochs": epochs, "val_dice": 0.5})
             assert model.timing["validate_case_s"] == pytest.approx(VALIDATE_CASE_S)
     assert model.estimate()[1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_retried_training_counts_its_second_attempt() -> None:
+    """Issue 9: a round whose model missed a class trains again (``retry`` event): the ETA covers the whole second
+    attempt, the measured seconds per step stay true, and ``retry`` is not a phase of its own."""
+    clock = Clock()
+    plan = JobPlan(phases=["preprocess", "train"], validation_cases=VALIDATION)
+    model = ProgressModel(plan, {}, clock=clock)
+    model.observe({"phase": "preprocess"})
+    clock.now += PREPROCESS_S
+    model.observe({"phase": "preprocess", "ready": True, "validation_cases": VALIDATION, "epochs": EPOCHS,
+                   "steps_per_epoch": STEPS, "validation_passes": EPOCHS})
+
+    def one_attempt() -> None:
+        for epoch in range(1, EPOCHS + 1):
+            for step in range(1, STEPS + 1):
+                clock.now += STEP_S
+                model.observe({"phase": "train", "epoch": epoch, "epochs": EPOCHS, "step": step, "steps": STEPS})
+            model.observe({"phase": "validate", "epoch": epoch, "epochs": EPOCHS, "running": True})
+            clock.now += VALIDATION * VALIDATE_CASE_S
+            model.observe({"phase": "validate", "epoch": epoch, "epochs": EPOCHS, "val_dice": 0.5})
+
+    one_attempt()
+    assert model.estimate()[1] == pytest.approx(0.0, abs=1e-6)
+    fraction_before = model.estimate()[0]
+    model.observe({"phase": "retry", "attempt": 2, "attempts": 2, "unlearned": ["lesion"]})
+    attempt = EPOCHS * STEPS * STEP_S + EPOCHS * VALIDATION * VALIDATE_CASE_S
+    assert model.estimate()[1] == pytest.approx(attempt, rel=0.01)
+    assert model.estimate()[0] == fraction_before  # never backwards
+    one_attempt()
+    assert model.estimate()[1] == pytest.approx(0.0, abs=1e-6)
+    assert model.timing["step_s"] == pytest.approx(STEP_S) and "retry" not in plan.phases

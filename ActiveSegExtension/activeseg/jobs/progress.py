@@ -124,6 +124,15 @@ class ProgressModel:
     def _observe(self, event: dict[str, Any], now: float) -> None:
         phase = str(event.get("phase") or self.phase)
         plan = self.plan
+        if phase == "retry":
+            # The round trains again (a class was not learned): the training phase's work starts over, so the ETA
+            # covers a whole attempt more; the completed fraction holds until elapsed time catches up.
+            train = self._phases.get("train")
+            if train is not None:
+                train.started, train.done_units, train.finished = now, 0.0, None
+            self._validation_passes_done, self._validate_seconds, self._validate_started = 0, 0.0, None
+            self._enter("train", now)
+            return
         if phase == "preprocess" and event.get("ready"):
             # The cases are ready: training starts now (its first step is reported only once done).
             plan.validation_cases = int(event.get("validation_cases") or 0)

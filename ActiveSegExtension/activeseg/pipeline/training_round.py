@@ -507,6 +507,60 @@ def train_round(store: Datastore, progress: ProgressCallback | None = None,
     return finish_round(store, trained, commit)
 
 
+#: Added to a round's seed per retry (:func:`_train_attempts`), far from the seeds of neighbouring rounds.
+RETRY_SEED_STRIDE = 7919
+
+
+def _train_attempts(warm_model: DeepSupervisedUNet3D | None, data: TrainingData, plan: Plan, config: Config, steps: int,
+                    epochs: int, device: torch.device, progress: ProgressCallback | None, round_index: int,
+                    weight_observer: WeightObserver | None, group: DataParallel | None,
+                    ) -> tuple[DeepSupervisedUNet3D, dict[str, Any]]:
+    """Train the round's model; a from-scratch model that has not learned a class trains again with other seeds.
+
+    ``warm_model``: the parent's weights to fine-tune (one attempt), or None to build the network from the round's
+    seed. Attempt ``a`` uses seed ``training.seed + round + RETRY_SEED_STRIDE * a`` for initialisation and crops
+    (attempt 0 is the round's usual seed). Up to ``training.unlearned_retries`` more attempts run while the best one
+    so far misses a class (:func:`activeseg.method.metrics.collapsed_classes` of its validation Dice); the attempt
+    with the best mean validation Dice is kept. Data-parallel: rank 0 decides (it alone validates) and one
+    all-reduce tells the other ranks.
+
+    Returns:
+        The kept model and its metrics, with ``attempts`` (how many trained) and ``attempt_val_dice`` (each
+        attempt's mean validation Dice; None on ranks other than 0).
+    """
+    settings = config.training
+    attempts = 1 if warm_model is not None else 1 + settings.unlearned_retries
+    main_rank = group is None or group.is_main
+    best: tuple[DeepSupervisedUNet3D, dict[str, Any]] | None = None
+    history: list[float | None] = []
+    for attempt in range(attempts):
+        seed = settings.seed + round_index + RETRY_SEED_STRIDE * attempt
+        if warm_model is not None:
+            model = warm_model
+        else:
+            torch.manual_seed(seed)
+            model = build_network(config.num_classes, plan.channels, config.network.dropout, strides=plan.strides).to(device)
+        metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=seed,
+                              weight_observer=weight_observer, group=group)
+        score = metrics["val_dice"].get("mean") if main_rank else None
+        history.append(score)
+        if best is None or (score is not None and score > (best[1]["val_dice"].get("mean") or -math.inf)):
+            best = (model, metrics)
+        unlearned = collapsed_classes(best[1]["val_dice"], config.labels, settings.unlearned_class_dice) if main_rank else []
+        again = bool(unlearned) and attempt + 1 < attempts
+        if group is not None:
+            again, _ = group.sync_step(again, 0.0)
+        if not again:
+            break
+        logger.warning("round %d: the model has not learned %s: training again from another initialisation "
+                       "(attempt %d of %d)", round_index, ", ".join(unlearned), attempt + 2, attempts)
+        _notify(progress, {"phase": "retry", "attempt": attempt + 2, "attempts": attempts, "unlearned": unlearned})
+    assert best is not None
+    model, metrics = best
+    metrics.update({"attempts": len(history), "attempt_val_dice": history})
+    return model, metrics
+
+
 def run_round(store: Datastore, progress: ProgressCallback | None = None,
               weight_observer: WeightObserver | None = None, group: DataParallel | None = None) -> TrainedRound | None:
     """Everything of :func:`train_round` but the registration: cases, plan, training, comparison with the parent.
@@ -560,8 +614,6 @@ def run_round(store: Datastore, progress: ProgressCallback | None = None,
     plan_record: dict[str, Any] | None = None  # plan.json of a from-scratch round, written if it registers
     if not warm:
         plan, plan_record = plan_round(store, data, spacing, device, geometries)
-        torch.manual_seed(settings.seed + round_index)
-        model = build_network(config.num_classes, plan.channels, config.network.dropout, strides=plan.strides).to(device)
     preprocess_seconds = time.perf_counter() - started
     steps = round_steps(config, len(data.experts) + len(data.pseudo))
     epochs = settings.epochs_per_round if warm else settings.epochs_first
@@ -577,8 +629,8 @@ def run_round(store: Datastore, progress: ProgressCallback | None = None,
             "warm start" if warm else "from scratch", device,
             f" x {group.world_size} processes" if group is not None else "", plan.patch_size, plan.target_spacing,
         )
-    metrics = train_model(model, data, plan, config, steps, epochs, device, progress, seed=settings.seed + round_index,
-                          weight_observer=weight_observer, group=group)
+    model, metrics = _train_attempts(model if warm else None, data, plan, config, steps, epochs, device, progress,
+                                     round_index, weight_observer, group)
     if not main_rank:
         return None
     metrics["phase_seconds"]["preprocess"] = preprocess_seconds
