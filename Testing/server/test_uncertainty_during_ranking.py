@@ -64,11 +64,9 @@ def test_a_map_replaced_between_lookup_and_read_is_served_whole(tmp_path: Path, 
         assert response.content in versions
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed yet: the ranking round writes each map in place (pipeline/ranking_round._score_and_map -> "
-    "method/uncertainty_map.write_uncertainty_volume) before its commit; the fix (write aside, rename at the commit) "
-    "belongs in those two files, which were being changed by another engineer at the time"))
 def test_a_ranking_that_does_not_commit_leaves_the_committed_maps(tmp_path: Path) -> None:
+    """Issue 12 item 7: a ranking wrote each uncertainty map over the served one before its commit, so a cancelled,
+    failed or killed ranking left its maps served (failed before: the maps after a discarded ranking differed)."""
     config = tiny_config()
     config.training.keep_better_parent = False  # every round registers its model
     store_root, source = make_store(tmp_path, count=6, config=config)

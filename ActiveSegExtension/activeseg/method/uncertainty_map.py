@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from activeseg.io.atomic import atomic_write
+from activeseg.io.atomic import TEMP_MARKER, atomic_write
 from activeseg.io.volumes import Geometry, write_volume
 from activeseg.store.case_ids import validate_case_id
 
@@ -45,6 +45,7 @@ __all__ = [
     "uncertainty_map_path",
     "write_uncertainty_map",
     "write_uncertainty_volume",
+    "pending_uncertainty_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -164,11 +165,29 @@ def write_uncertainty_map(meta_dir: Path, case_id: str, main: np.ndarray, half: 
     return write_uncertainty_volume(meta_dir, case_id, uncertainty_map(main, half, quarter), geometry)
 
 
-def write_uncertainty_volume(meta_dir: Path, case_id: str, uncertainty: np.ndarray, geometry: Geometry) -> Path:
+def pending_uncertainty_path(meta_dir: Path, case_id: str, token: str) -> Path:
+    """Where a ranking writes a case's new map before its commit: beside the served one, under a temporary name
+    (``<meta_dir>/uncertainty/.tmp-<token>-<case_id>.nrrd``) that recovery removes if the ranking dies.
+
+    Args:
+        token: names the ranking (its model version, ``v3``): every process of a sharded ranking writes the same
+            names, so the one that commits finds them.
+    """
+    final = uncertainty_map_path(meta_dir, case_id)
+    return final.with_name(f"{TEMP_MARKER}{token}-{final.name}")
+
+
+def write_uncertainty_volume(meta_dir: Path, case_id: str, uncertainty: np.ndarray, geometry: Geometry,
+                             pending: str | None = None) -> Path:
     """Write an already computed map (float (k, j, i) in [0, 1] on ``geometry``'s grid) as uint8 percent.
 
     The ranking round uses this: it computes :func:`uncertainty_map` on the plan's grid and resamples it onto
-    the image's own grid first.
+    the image's own grid first, and passes ``pending`` (:func:`pending_uncertainty_path`'s token): the map goes to
+    the pending name, and replaces the served one only when the ranking commits (a client never downloads the
+    map of a ranking that was cancelled or failed). Without ``pending`` it replaces the served map at once.
+
+    Returns:
+        the written file.
     """
     uncertainty = np.asarray(uncertainty)
     percent = np.empty(uncertainty.shape, np.uint8)
@@ -176,7 +195,7 @@ def write_uncertainty_volume(meta_dir: Path, case_id: str, uncertainty: np.ndarr
     for start in range(0, uncertainty.shape[0], step):  # slabs of slices: float temporaries stay small on a full CT
         part = uncertainty[start:start + step]
         percent[start:start + step] = np.rint(np.clip(part, 0.0, 1.0) * UNCERTAINTY_SCALE)
-    target = uncertainty_map_path(meta_dir, case_id)
+    target = uncertainty_map_path(meta_dir, case_id) if pending is None else pending_uncertainty_path(meta_dir, case_id, pending)
     atomic_write(target, lambda path: write_volume(percent, geometry, path, compress=True))
     logger.debug("uncertainty map of %s written (max %d %%)", case_id, int(percent.max(initial=0)))
     return target

@@ -19,7 +19,9 @@ routing decides which are written, so a round holds about one case's image, labe
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +33,9 @@ import numpy as np
 
 from activeseg.io.atomic import atomic_write
 from activeseg.store.datastore import Datastore, ModelRecord, ScoreRecord, StoreCommit
-from activeseg.method.uncertainty_map import uncertainty_map, write_uncertainty_volume
+from activeseg.method.uncertainty_map import (
+    pending_uncertainty_path, uncertainty_map, uncertainty_map_path, write_uncertainty_volume,
+)
 from activeseg.method.dsal import CaseScore, RankingAccumulator, confidence, mdsc, route_cases, weak_quota
 from activeseg.method.metrics import collapsed_classes
 from activeseg.errors import ModelVersionError, TrainingCancelled
@@ -116,9 +120,16 @@ def _write_predictions(store: Datastore, commit: StoreCommit, version: int,
     return prediction_set
 
 
-def _score_and_map(store: Datastore, predictor: Predictor, case_id: str) -> tuple[CaseScore, np.ndarray, Geometry]:
+def pending_token(version: int) -> str:
+    """The pending-map token of a ranking with model ``version`` (:func:`pending_uncertainty_path`)."""
+    return f"v{version}"
+
+
+def _score_and_map(store: Datastore, predictor: Predictor, case_id: str, pending: str,
+                   ) -> tuple[CaseScore, np.ndarray, Geometry]:
     """One pass over a case: its scores (foreground voxels counted on the source grid), the main head's label map
-    on the image's own grid, and the image's geometry; writes the case's uncertainty overlay from the same pass.
+    on the image's own grid, and the image's geometry; writes the case's uncertainty overlay from the same pass,
+    under its pending name (``pending``: :func:`pending_token`) until the ranking commits.
 
     The heads' probabilities arrive slab by slab and are folded into the scores, the label map and the uncertainty
     map as they come (the same values :func:`score_case` and :func:`uncertainty_map` give on whole volumes)."""
@@ -134,7 +145,7 @@ def _score_and_map(store: Datastore, predictor: Predictor, case_id: str) -> tupl
         uncertainty[slab.start:slab.stop] = uncertainty_map(slab.main, slab.half, slab.quarter)
     del image
     write_uncertainty_volume(store.meta_dir, case_id, resample_to_grid(uncertainty, planned, geometry, is_label=False),
-                             geometry)
+                             geometry, pending=pending)
     del uncertainty
     score = statistics.score(case_id)
     score = replace(score, foreground_voxels=int(round(score.foreground_voxels * _voxel_ratio(planned, geometry))))
@@ -190,6 +201,7 @@ def rank_round(
     main_maps = ArraySpill(store.meta_dir)  # on disk until routing picks the few that are written
     geometries: dict[str, Geometry] = {}
     stored = store.scores(version)
+    token = pending_token(version)
     for index, record in enumerate(candidates, start=1):
         known = stored.get(record.case_id)
         if precomputed is not None and record.case_id in precomputed:
@@ -203,7 +215,8 @@ def rank_round(
             geometries[record.case_id] = geometry
             result.reused += 1
         else:
-            score, main_maps[record.case_id], geometries[record.case_id] = _score_and_map(store, predictor, record.case_id)
+            score, main_maps[record.case_id], geometries[record.case_id] = _score_and_map(
+                store, predictor, record.case_id, token)
             result.scores.append(score)
             result.inferred += 1
         elapsed = time.perf_counter() - started
@@ -219,11 +232,18 @@ def rank_round(
         logger.warning("model v%d has not learned %s: no pseudo-labels this round", version, ", ".join(unlearned))
     result.strong, result.weak = route_cases(result.scores, config.dsal.strong_per_round, quota, config.dsal, eligible)
     for case_id in [c for c in result.strong + result.weak if c not in main_maps]:  # routed on reused scores
-        _, main_maps[case_id], _ = _score_and_map(store, predictor, case_id)
+        _, main_maps[case_id], _ = _score_and_map(store, predictor, case_id, token)
         result.inferred += 1
     voxel_ml = {cid: float(np.prod(geometry.spacing)) / 1000.0 for cid, geometry in geometries.items()}
     routes = {cid: "strong" for cid in result.strong} | {cid: "weak" for cid in result.weak}
     with store.committing(commit) as commit:
+        # The new overlays (this process's passes and the other ranks' of a sharded ranking) replace the served
+        # ones only once the ranking commits; a discarded commit removes them.
+        for case_id in list(geometries):
+            pending = pending_uncertainty_path(store.meta_dir, case_id, token)
+            if pending.is_file():
+                commit.new_path(pending)
+                commit.after(functools.partial(os.replace, pending, uncertainty_map_path(store.meta_dir, case_id)))
         store.stage_scores(commit, [
             ScoreRecord(s.case_id, version, s.mdsc, s.confidence, s.foreground_voxels * voxel_ml[s.case_id],
                         routes.get(s.case_id, "none"))

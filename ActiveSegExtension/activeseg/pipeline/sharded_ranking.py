@@ -35,7 +35,7 @@ from activeseg.method.dsal import CaseScore
 from activeseg.model.distributed import DataParallel
 from activeseg.model.predictor import Predictor
 from activeseg.pipeline.ranking_round import (
-    CANDIDATE_STATES, RankResult, _model_or_active, _score_and_map, rank_round,
+    CANDIDATE_STATES, RankResult, _model_or_active, _score_and_map, pending_token, rank_round,
 )
 from activeseg.store.datastore import Datastore, ModelRecord, StoreCommit
 
@@ -88,7 +88,7 @@ def score_shared(
     stop = False
     for index in range(math.ceil(len(to_score) / group.world_size)):
         if index < len(mine):
-            score, _, _ = _score_and_map(store, predictor, mine[index])
+            score, _, _ = _score_and_map(store, predictor, mine[index], pending_token(version))
             scores.append(score)
         done = min(len(to_score), (index + 1) * group.world_size)
         elapsed = time.perf_counter() - started
