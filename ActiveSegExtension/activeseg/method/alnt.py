@@ -68,7 +68,7 @@ batch, rank order):
 * the pseudo term is ``world_size * s * sum_(own i) w_i l_i``; its gradient is averaged over the ranks (a second
   all-reduce, since the weights depend on ``g``), so the update is ``g + s * sum_(all i) w_i grad l_i``, as in one
   process. These steps use ``torch.autograd.grad`` and explicit all-reduces, not DDP's backward hooks
-  (``Testing/test_distributed_alnt.py`` compares 2 gloo processes with one).
+  (``Testing/engine/test_distributed_alnt.py`` compares 2 gloo processes with one).
 
 Two entry points: :func:`compute_alnt_weights` (weights only; the caller then runs its own training
 forward/backward) and :func:`alnt_backward` (a fused training step that reuses the expert backward of

@@ -8,7 +8,7 @@ per-case code on its share (:func:`~activeseg.pipeline.ranking_round._score_and_
 streamed pass, and the case's uncertainty overlay written to the datastore), then rank 0 gathers every rank's
 scores and runs :func:`~activeseg.pipeline.ranking_round.rank_round` with them: routing, queue, predictions,
 pseudo-labels and the commit are the one-process code, so the outcome is the one-process ranking
-(``Testing/test_distributed_ranking.py`` compares them on 2 gloo processes).
+(``Testing/engine/test_distributed_ranking.py`` compares them on 2 gloo processes).
 
 Cost: a case's label map stays with the rank that scored it, so rank 0 runs one more pass for each case it routes to
 the queue or to a pseudo-label that another rank scored (``strong_per_round`` plus the weak quota, about half of them

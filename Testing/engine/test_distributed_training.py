@@ -26,7 +26,7 @@ from activeseg.pipeline.ranking_round import rank_round
 from activeseg.pipeline.training_round import train_round
 from activeseg.store.datastore import Datastore
 
-from .tiny import image_pairs, tiny_config
+from ..tiny import image_pairs, tiny_config
 from activeseg.experiments.phantoms import write_phantom_dataset
 
 pytestmark = [pytest.mark.timeout(300)]

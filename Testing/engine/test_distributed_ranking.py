@@ -21,7 +21,7 @@ from activeseg.pipeline.training_round import train_round
 from activeseg.store.datastore import Datastore
 
 from .distributed_support import rank_ranking, run_ranks
-from .tiny import image_pairs, tiny_config
+from ..tiny import image_pairs, tiny_config
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,6 +1,6 @@
 """ALNT and a plain step under data parallelism (2 gloo processes on the CPU) equal one process on the global batch.
 
-Each rank holds half of the expert and of the pseudo batch (:mod:`Testing.distributed_support`). The reference is
+Each rank holds half of the expert and of the pseudo batch (:mod:`Testing.engine.distributed_support`). The reference is
 :func:`activeseg.method.alnt.alnt_backward` (or a plain backward of the mean loss) in this process on the whole
 batch, from the same initial weights: the ALNT weights, the objective and every parameter's gradient must match
 within float32 tolerance (the ranks sum in another order), and both ranks must hold the same gradient.
