@@ -12,7 +12,9 @@ checked everywhere) and writes one JSON (``bench_output/bench_gpu.json``) and on
   and the plain step on the same 8 crops;
 * **ranking volumes per second**: :meth:`activeseg.model.predictor.Predictor.predict` (three heads, sliding windows
   with Gaussian weighting) on a 512x512x100 volume (CUDA) with AMP;
-* **DDP scaling**: not built yet (issue 16); the row says so rather than omit it.
+* **DDP scaling**: the training step of the first row (AMP on) under ``DistributedDataParallel`` on 1 and on all the
+  GPUs present (NCCL; one process per GPU, each with the same per-GPU batch), as steps per second and the ratio of
+  crops per second; with one GPU the row says so. ``--quick`` on a CPU runs the same code with 2 gloo processes.
 
 Weights are a fresh initialisation: the cost of a step does not depend on their values. Budget: about 2-4 minutes
 on an H100 (``--quick``: tiny sizes, seconds, for a CPU check).
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -175,6 +179,63 @@ def _ranking(device: torch.device, shape: tuple[int, int, int], patch: tuple[int
     return volumes / (time.perf_counter() - started)
 
 
+def _ddp_rank(rank: int, world_size: int, port: int, patch: tuple[int, int, int], channels: tuple[int, ...],
+              warmup: int, timed: int, results: Any) -> None:
+    """One process of :func:`_ddp_scaling`: NCCL on ``cuda:rank`` (gloo on the CPU), DDP-wrapped training steps."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(1)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        strides = [(2, 2, 2)] * (len(channels) - 1)
+        model = DistributedDataParallel(build_network(NUM_CLASSES, channels, 0.0, strides=strides).to(device),
+                                        device_ids=[rank] if cuda else None)
+        optimiser = torch.optim.AdamW(model.parameters(), 1e-3)
+        loss_fn = DeepSupervisionLoss(None)
+        images, labels = _batch(2, patch, device)
+
+        def step() -> None:
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = loss_fn.mean(model(images), labels)
+            loss.backward()
+            optimiser.step()
+
+        rate, _ = _time_steps(step, device, warmup, timed)
+        if rank == 0:
+            results.put(rate)
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_scaling(processes: int, patch: tuple[int, int, int], channels: tuple[int, ...], warmup: int,
+                 timed: int) -> dict[str, Any]:
+    """Steps per second of DDP training on 1 and on ``processes`` processes (spawned; one GPU each on CUDA)."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    rates: dict[int, float] = {}
+    for world_size in (1, processes):
+        results = context.Queue()
+        with socket.socket() as probe:  # a free port for the rendezvous
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        mp.start_processes(_ddp_rank, args=(world_size, port, patch, channels, warmup, timed, results),
+                           nprocs=world_size, join=True, start_method="spawn")
+        rates[world_size] = float(results.get(timeout=60))
+    return {"processes": processes, "patch": patch, "batch_per_process": 2,
+            "steps_per_s": {str(k): v for k, v in rates.items()},
+            "crops_per_s_ratio": rates[processes] * processes / rates[1]}
+
+
 def measure(quick: bool) -> dict[str, Any]:
     """All rows as a JSON-ready dict (sizes, device, results)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -204,7 +265,11 @@ def measure(quick: bool) -> dict[str, Any]:
                       **_alnt_against_plain(device, alnt_patch, alnt_channels, alnt_batch, warmup, timed)}
     result["ranking"] = {"shape": rank_shape, "patch": rank_patch,
                          "volumes_per_s": _ranking(device, rank_shape, rank_patch, train_channels, volumes)}
-    result["ddp"] = "not built yet (issue 16)"
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cpu" or gpus >= 2:
+        result["ddp"] = _ddp_scaling(2 if device.type == "cpu" else gpus, train_patch, train_channels, warmup, timed)
+    else:
+        result["ddp"] = "one GPU present: no scaling to measure"
     return result
 
 
@@ -227,11 +292,19 @@ def table(result: dict[str, Any]) -> str:
         f"| plain step/s on {alnt['batch']} crops | {alnt['plain_steps_per_s']:.2f} | patch {'x'.join(map(str, alnt['patch']))} |",
         f"| ALNT step/s on {alnt['batch']} crops | {alnt['alnt_steps_per_s']:.2f} | {alnt['alnt_cost_vs_plain']:.2f}x the plain step's time |",
         f"| ranking volumes/s | {ranking['volumes_per_s']:.3f} | {'x'.join(map(str, ranking['shape']))} volume, window {'x'.join(map(str, ranking['patch']))} |",
-        f"| DDP scaling | - | {result['ddp']} |",
+        _ddp_row(result["ddp"]),
     ]
     if "peak_memory_gib" in training:
         lines.append(f"| peak GPU memory (training) | {training['peak_memory_gib']:.1f} GiB | |")
     return "\n".join(lines)
+
+
+def _ddp_row(ddp: dict[str, Any] | str) -> str:
+    if isinstance(ddp, str):
+        return f"| DDP scaling | - | {ddp} |"
+    n, rates = ddp["processes"], ddp["steps_per_s"]
+    return (f"| DDP steps/s, 1 / {n} processes | {rates['1']:.2f} / {rates[str(n)]:.2f} | crops/s {ddp['crops_per_s_ratio']:.2f}x "
+            f"one process ({n} x batch {ddp['batch_per_process']}, patch {'x'.join(map(str, ddp['patch']))}) |")
 
 
 def run(quick: bool) -> str:
