@@ -544,7 +544,8 @@ def _train_attempts(warm_model: DeepSupervisedUNet3D | None, data: TrainingData,
                               weight_observer=weight_observer, group=group)
         score = metrics["val_dice"].get("mean") if main_rank else None
         history.append(score)
-        if best is None or (score is not None and score > (best[1]["val_dice"].get("mean") or -math.inf)):
+        best_score = None if best is None else best[1]["val_dice"].get("mean")
+        if best is None or (score is not None and score > (-math.inf if best_score is None else best_score)):
             best = (model, metrics)
         unlearned = collapsed_classes(best[1]["val_dice"], config.labels, settings.unlearned_class_dice) if main_rank else []
         again = bool(unlearned) and attempt + 1 < attempts
