@@ -71,7 +71,7 @@ def test_runs_of_one_seed_wait_for_its_round0_model_so_they_share_it(phantom_sou
     start once its round 0 is cached."""
     out = tmp_path / "runs"
     args = ["simulate", "--dataset", str(phantom_source), "--strategies", "random", "fg-random", "entropy",
-            "--seeds", "0", "--jobs", "3", "--out-dir", str(out), "--rounds", "1", "--per-round", "1", "--initial", "2",
+            "--seeds", "0", "--jobs", "3", "--out-dir", str(out), "--rounds", "0", "--per-round", "1", "--initial", "2",
             "--test-fraction", "0.2", "--val-fraction", "0.2", "--no-progress"] + [x for s in TINY for x in ("--set", s)]
     assert main(args) == 0
     round0 = {name: json.loads((out / f"{name}-seed0.json").read_text())["rounds"][0]
