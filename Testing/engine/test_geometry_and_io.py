@@ -70,6 +70,30 @@ def test_segmentation_bytes_round_trip(oblique_phantom: tuple[Path, np.ndarray],
     assert np.allclose(volume.geometry.origin, geometry.origin)
 
 
+def test_a_label_downloads_as_the_same_bytes_whenever_it_is_asked_for(
+        oblique_phantom: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET .../label renders the stored label per request; pynrrd stamped each file with the current second, so two
+    downloads of one label differed when a second boundary fell between them (a clean-clone run of
+    test_full_disk_answers_507_and_keeps_the_acknowledged_label failed on exactly that)."""
+    import datetime as real_datetime
+
+    import nrrd.writer
+
+    image_path, labelmap = oblique_phantom
+    geometry = Geometry.of(sitk.ReadImage(str(image_path)))
+    downloads = []
+    for second in (1, 2):
+        class Clock(real_datetime.datetime):
+            @classmethod
+            def utcnow(cls) -> real_datetime.datetime:  # type: ignore[override]
+                return real_datetime.datetime(2026, 1, 1, 0, 0, second)
+
+        monkeypatch.setattr(nrrd.writer, "datetime", Clock)
+        downloads.append(segmentation_bytes(labelmap, geometry, LABELS))
+    assert downloads[0] == downloads[1]
+    assert volume_from_bytes(downloads[0], ".seg.nrrd", dtype=np.uint8).geometry.size == geometry.size
+
+
 def test_corrupt_and_2d_images_are_named_in_the_error(tmp_path: Path) -> None:
     corrupt = tmp_path / "broken.nii.gz"
     corrupt.write_bytes(b"garbage")

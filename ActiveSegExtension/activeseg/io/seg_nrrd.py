@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -334,14 +335,25 @@ def read_segmentation_labelmap(
     return Volume(np.ascontiguousarray(np.transpose(labelmap_ijk, (2, 1, 0))), geometry)
 
 
+# pynrrd's header comment naming the time it wrote the file (nrrd.writer._write_header).
+_WRITE_TIME_COMMENT = re.compile(rb"^# on [0-9: -]+\(GMT\)\.\n", re.MULTILINE)
+
+
 def segmentation_bytes(labelmap: np.ndarray, geometry: Geometry,
                        labels: Config | Mapping[int, str] | Mapping[int, SegmentStyle]) -> bytes:
     """A ``.seg.nrrd`` file's bytes (for HTTP download of an expert label); ``labels`` as for
-    :func:`write_segmentation_file`."""
+    :func:`write_segmentation_file`.
+
+    The same label gives the same bytes every time: pynrrd's comment line with the second it wrote the header
+    (``# on 2026-11-28 11:41:26(GMT).``) is dropped, so two downloads of one label compare equal (NRRD comment
+    lines carry no data).
+    """
     fd, name = tempfile.mkstemp(suffix=".seg.nrrd")
     os.close(fd)
     try:
         write_segmentation_file(Path(name), labelmap, geometry, labels)
-        return Path(name).read_bytes()
+        data = Path(name).read_bytes()
     finally:
         os.unlink(name)
+    header_end = data.find(b"\n\n")
+    return _WRITE_TIME_COMMENT.sub(b"", data[:header_end], count=1) + data[header_end:]
