@@ -181,18 +181,19 @@ def _ranking(device: torch.device, shape: tuple[int, int, int], patch: tuple[int
 
 def _ddp_rank(rank: int, world_size: int, port: int, patch: tuple[int, int, int], channels: tuple[int, ...],
               warmup: int, timed: int, results: Any) -> None:
-    """One process of :func:`_ddp_scaling`: NCCL on ``cuda:rank`` (gloo on the CPU), DDP-wrapped training steps."""
+    """One process of :func:`_ddp_scaling`: NCCL on ``cuda:rank`` (gloo on the CPU), DDP-wrapped training steps,
+    joined through the engine's own :func:`activeseg.model.distributed.initialise` as torchrun's ranks are."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    else:
+    from activeseg.model.distributed import initialise
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    device = initialise("auto", timeout_s=600).device
+    cuda = device.type == "cuda"
+    if not cuda:
         torch.set_num_threads(1)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
         strides = [(2, 2, 2)] * (len(channels) - 1)

@@ -41,23 +41,35 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
         yield schema
 
 
-def test_api_conforms_to_its_schema(api_schema: schemathesis.BaseSchema) -> None:
-    # schemathesis' own pytest fixture integration does not work with this pytest version ('_nodeid'),
-    # so each operation's hypothesis strategy is driven directly; failures are collected, then reported.
+def check_operations(schema: schemathesis.BaseSchema, checks: list, headers: dict[str, str] | None = None,
+                     max_examples: int = MAX_EXAMPLES) -> tuple[int, list[str]]:
+    """Run ``checks`` on ``max_examples`` generated requests of every operation of ``schema``.
+
+    schemathesis' own pytest fixture integration does not work with this pytest version ('_nodeid'), so each
+    operation's hypothesis strategy is driven directly; failures are collected, then reported.
+
+    Returns:
+        (operations run, one message per failing operation).
+    """
     failures: list[str] = []
     operations = 0
-    for result in api_schema.get_all_operations():
+    for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(checks=CHECKS)
+            case.call_and_validate(headers=headers, checks=checks)
 
         try:
             check()
         except Exception as exc:  # noqa: BLE001 - report every operation's failure, not just the first
             failures.append(f"{operation.label}: {exc}")
+    return operations, failures
+
+
+def test_api_conforms_to_its_schema(api_schema: schemathesis.BaseSchema) -> None:
+    operations, failures = check_operations(api_schema, CHECKS)
     assert operations >= 20
     assert not failures, "\n\n".join(failures)

@@ -17,19 +17,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import (
-    content_type_conformance,
-    ignored_auth,
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.checks import ignored_auth
 
 from activeseg.io.volumes import read_volume
 from activeseg.store.datastore import Datastore
 
 from .support import ServerProcess, label_path, make_store
+from .test_schema import CHECKS, check_operations
 
 MAX_EXAMPLES = 8
 TOKEN = secrets.token_hex(16)
@@ -66,23 +60,8 @@ def test_api_conforms_to_its_schema_with_the_token(token_server: ServerProcess) 
         statuses[response.status_code] += 1
         return True
 
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-              ignored_auth, record]
-    failures: list[str] = []
-    operations = 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        operations += 1
-
-        @given(case=operation.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(headers=AUTH, checks=checks)
-
-        try:
-            check()
-        except Exception as exc:  # noqa: BLE001 - report every operation's failure, not just the first
-            failures.append(f"{operation.label}: {exc}")
+    operations, failures = check_operations(schema, [*CHECKS, ignored_auth, record], headers=AUTH,
+                                            max_examples=MAX_EXAMPLES)
     assert operations >= 20
     assert not failures, "\n\n".join(failures)
     passed = sum(n for code, n in statuses.items() if 200 <= code < 300)

@@ -5,9 +5,10 @@ One deterministic forward pass per case (no dropout, no repeats) gives the main 
 
 On a full-size CT the three heads' probability volumes do not fit comfortably in memory (3 x C x voxels x 4 B), so
 ranking folds them slab by slab into :class:`RankingAccumulator` while the sliding window moves
-(:func:`activeseg.model.predictor.stream_heads`): per-class voxel counts for M-DSC (:func:`agreement_counts`,
-:func:`dice_from_counts`), a running sum for the confidence, and the main head's label map. M-DSC and the
-foreground count are exactly those of :func:`mdsc` on the whole label maps; the confidence is summed in float64
+(:func:`activeseg.model.predictor.stream_heads`): per-class voxel counts for M-DSC
+(:func:`activeseg.method.metrics.dice_counts`, summed over slabs), a running sum for the confidence, and the main
+head's label map. M-DSC and the foreground count are exactly those of :func:`mdsc` on the whole label maps (the
+same counts and arithmetic, from :mod:`activeseg.method.metrics`); the confidence is summed in float64
 instead of numpy's float32 mean over the volume, so it differs from :func:`confidence` by float rounding only
 (below 1e-6; tested).
 
@@ -22,11 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from activeseg.config import DsalConfig
-from activeseg.method.metrics import mean_dice
+from activeseg.method.metrics import dice_counts, dice_from_counts, mean_dice, mean_of_counted
 
 __all__ = [
-    "CaseScore", "dice_agreement", "mdsc", "confidence", "agreement_counts", "dice_from_counts", "RankingAccumulator",
-    "weak_quota", "route_cases",
+    "CaseScore", "dice_agreement", "mdsc", "confidence", "RankingAccumulator", "weak_quota", "route_cases",
 ]
 
 
@@ -68,35 +68,6 @@ def confidence(probabilities: np.ndarray) -> float:
     return float(probabilities.max(axis=0).mean())
 
 
-def agreement_counts(main: np.ndarray, auxiliary: np.ndarray, num_classes: int) -> np.ndarray:
-    """Voxel counts behind :func:`dice_agreement`, additive over disjoint parts of a volume.
-
-    Args:
-        main, auxiliary: integer label maps of equal shape (any part of the volume, e.g. a slab of slices).
-        num_classes: C, background included.
-
-    Returns:
-        int64 (3, C): voxels per class value in ``main``, in ``auxiliary``, and where both give that value.
-    """
-    main, auxiliary = np.asarray(main).ravel(), np.asarray(auxiliary).ravel()
-    if main.shape != auxiliary.shape:
-        raise ValueError(f"label maps of different sizes {main.size} and {auxiliary.size}")
-    both = auxiliary[main == auxiliary]
-    return np.stack([np.bincount(a, minlength=num_classes)[:num_classes] for a in (main, auxiliary, both)]).astype(np.int64)
-
-
-def dice_from_counts(counts: np.ndarray, num_classes: int) -> float:
-    """:func:`dice_agreement` from summed :func:`agreement_counts`: mean Dice over the foreground classes present in
-    either map, 1.0 when none is (the same arithmetic as :func:`activeseg.method.metrics.mean_dice`, so the same
-    float)."""
-    dice = []
-    for value in range(1, num_classes):
-        total = int(counts[0, value]) + int(counts[1, value])
-        if total:
-            dice.append(2.0 * int(counts[2, value]) / total)
-    return float(np.mean(dice)) if dice else 1.0
-
-
 class RankingAccumulator:
     """One case's DSAL scores and main label map, accumulated slab by slab during the ranking pass.
 
@@ -129,7 +100,7 @@ class RankingAccumulator:
             raise ValueError(f"slab {start}..{stop - 1} of shape {main.shape} does not fit a volume {self.main_labels.shape}")
         self.main_labels[start:stop] = labels[0]
         for counts, auxiliary in zip(self._counts, labels[1:]):
-            counts += agreement_counts(labels[0], auxiliary, self.num_classes)
+            counts += dice_counts(labels[0], auxiliary, self.num_classes)
         self._confidence_sum += float(main.max(axis=0).sum(dtype=np.float64))
         self._slices += stop - start
 
@@ -144,7 +115,8 @@ class RankingAccumulator:
         voxels = self.main_labels.size
         return CaseScore(
             case_id=case_id,
-            mdsc=float(np.mean([dice_from_counts(counts, self.num_classes) for counts in self._counts])),
+            mdsc=float(np.mean([mean_of_counted(dice_from_counts(counts, range(1, self.num_classes)))
+                                for counts in self._counts])),
             confidence=self._confidence_sum / voxels,
             foreground_voxels=int(voxels - self._counts[0][0, 0]),
         )

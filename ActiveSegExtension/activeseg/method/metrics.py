@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dice_per_class", "mean_dice", "summarise_dice", "collapsed_classes"]
+__all__ = [
+    "dice_counts", "dice_from_counts", "dice_per_class", "mean_dice", "mean_of_counted", "summarise_dice",
+    "collapsed_classes",
+]
 
 
 def _label_counts(array: np.ndarray, length: int) -> np.ndarray:
@@ -31,6 +34,36 @@ def _label_counts(array: np.ndarray, length: int) -> np.ndarray:
     if flat.size and int(flat.min()) < 0:
         raise ValueError("Dice needs non-negative label values")
     return np.bincount(flat, minlength=length)[:length]
+
+
+def dice_counts(prediction: np.ndarray, truth: np.ndarray, length: int) -> np.ndarray:
+    """The voxel counts Dice is made of, additive over disjoint parts of a volume (a slab of slices at a time).
+
+    Args:
+        prediction, truth: integer label maps of the same shape.
+        length: count label values ``0 .. length - 1``.
+
+    Returns:
+        int64 (3, length): voxels per value in ``prediction``, in ``truth``, and where both give that value.
+
+    Raises:
+        ValueError: shapes differ or a label value is negative. TypeError: non-integer label maps.
+    """
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"Dice of label maps of different shapes {prediction.shape} and {truth.shape}")
+    both = truth[prediction == truth]  # voxels where the two agree, by value
+    return np.stack([_label_counts(a, length) for a in (prediction, truth, both)]).astype(np.int64)
+
+
+def dice_from_counts(counts: np.ndarray, classes: Iterable[int]) -> dict[int, float | None]:
+    """Dice of each class value from (summed) :func:`dice_counts`: ``2 |P ∩ T| / (|P| + |T|)``, ``None`` for a
+    class absent from both maps (not counted)."""
+    result: dict[int, float | None] = {}
+    for value in classes:
+        total = int(counts[0, value]) + int(counts[1, value])
+        result[int(value)] = 2.0 * int(counts[2, value]) / total if total else None
+    return result
 
 
 def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: Iterable[int]) -> dict[int, float | None]:
@@ -47,26 +80,22 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: Iterable[
     Raises:
         ValueError: shapes differ or a label value is negative. TypeError: non-integer label maps.
     """
-    prediction, truth = np.asarray(prediction), np.asarray(truth)
-    if prediction.shape != truth.shape:
-        raise ValueError(f"Dice of label maps of different shapes {prediction.shape} and {truth.shape}")
     values = [int(value) for value in classes]
     if not values:
+        if np.shape(prediction) != np.shape(truth):
+            raise ValueError(f"Dice of label maps of different shapes {np.shape(prediction)} and {np.shape(truth)}")
         return {}
-    length = max(values) + 1
-    predicted = _label_counts(prediction, length)
-    true = _label_counts(truth, length)
-    both = _label_counts(truth[prediction == truth], length)  # voxels where the two agree, by value
-    result: dict[int, float | None] = {}
-    for value in values:
-        total = int(predicted[value]) + int(true[value])
-        result[value] = 2.0 * int(both[value]) / total if total else None
-    return result
+    return dice_from_counts(dice_counts(prediction, truth, max(values) + 1), values)
 
 
 def mean_dice(prediction: np.ndarray, truth: np.ndarray, classes: Iterable[int]) -> float:
     """Mean Dice over the ``classes`` counted for this pair (see the module's convention); 1.0 when none is."""
-    counted = [d for d in dice_per_class(prediction, truth, classes).values() if d is not None]
+    return mean_of_counted(dice_per_class(prediction, truth, classes))
+
+
+def mean_of_counted(per_class: Mapping[int, float | None]) -> float:
+    """:func:`mean_dice` of a :func:`dice_per_class` (or :func:`dice_from_counts`) result."""
+    counted = [d for d in per_class.values() if d is not None]
     return float(np.mean(counted)) if counted else 1.0
 
 

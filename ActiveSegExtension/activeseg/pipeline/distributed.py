@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 
 from activeseg.config import Config
 from activeseg.errors import ActiveSegError, ConfigError, TrainingCancelled
-from activeseg.io.atomic import TEMP_MARKER
+from activeseg.io.atomic import TEMP_MARKER, atomic_write
 from activeseg.pipeline import training_round
 from activeseg.pipeline.training_round import (
     ProgressCallback, RoundResult, TrainedRound, finish_round, register_weights, run_round,
@@ -322,9 +322,7 @@ class _FileProgress:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temp = path.with_name(f"{TEMP_MARKER}{path.name}")
-    temp.write_text(json.dumps(data, default=str))
-    os.replace(temp, path)
+    atomic_write(path, lambda temp: temp.write_text(json.dumps(data, default=str)))
 
 
 def _write_outcome(run_dir: Path, trained: TrainedRound, config: Config) -> None:
