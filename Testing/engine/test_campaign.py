@@ -32,6 +32,11 @@ def test_plan_orders_runs_so_two_workers_start_different_seeds(tmp_path: Path) -
     assert all(run.settings.round0_cache == tmp_path / "round0" for run in runs)
     with pytest.raises(ValueError, match="unknown"):
         plan_campaign(["uncertainty"], [0], base, tmp_path)
+    # A named variant (an ablation) gets files and curve labels of its own beside the plain runs.
+    scratch = SimulationSettings(strategy="random", variant="scratch", overrides=("training.warm_start=false",))
+    runs = plan_campaign(["fg-random", "dsal"], [0], scratch, tmp_path)
+    assert [run.name for run in runs] == ["fg-random@scratch-seed0", "dsal@scratch-seed0"]
+    assert runs[1].settings.label == "dsal@scratch" and not runs[1].settings.alnt
 
 
 def test_the_ceiling_trains_as_long_as_a_warm_started_curve(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from activeseg.cli.main import main
-from activeseg.experiments.simulation import evaluate_test_split, load_results, plan_splits, simulate, strategy_label
+from activeseg.cli.simulate import _ordered
+from activeseg.experiments.simulation import (
+    SimulationSettings, evaluate_test_split, load_results, plan_splits, simulate, strategy_label,
+)
 from activeseg.errors import ConfigError
 from activeseg.experiments.statistics import collect_curves
 from activeseg.experiments.strategies import STRATEGIES, get_strategy, predictive_entropy
@@ -202,12 +205,13 @@ def test_random_strategy_draws_from_the_unlabelled_pool(runs: dict[str, dict]) -
 
 
 def test_cli_simulate_and_plot_write_results_and_png(runs: dict[str, dict], phantom_source: Path, tmp_path: Path) -> None:
-    out = tmp_path / "random.json"
+    out = tmp_path / "random@tiny.json"
     args = ["simulate", "--dataset", str(phantom_source), "--strategy", "random", "--rounds", "1", "--per-round", "1",
             "--initial", "2", "--test-fraction", "0.2", "--val-fraction", "0.2", "--work-dir", str(tmp_path / "w"),
-            "--out", str(out)] + [x for item in TINY for x in ("--set", item)]
+            "--out", str(out), "--variant", "tiny"] + [x for item in TINY for x in ("--set", item)]
     assert main(args) == 0
     assert len(load_results(out)["rounds"]) == 2
+    assert load_results(out)["metadata"]["label"] == "random@tiny" and load_results(out)["metadata"]["variant"] == "tiny"
     paths = []
     for name, result in runs.items():
         path = tmp_path / f"{name}.json"
@@ -227,6 +231,20 @@ def test_cli_simulate_and_plot_write_results_and_png(runs: dict[str, dict], phan
     assert versus["per_budget"][0]["mean"] == 0.0  # the same cached first model: no difference at the start
     curves = collect_curves([load_results(Path(p)) for p in paths])
     assert curves["random"].seeds() == [0]
+    # A named variant is a curve of its own, listed after its strategy and paired with the reference like any other.
+    assert main(["plot", *paths, str(out), "-o", str(png), "--summary", str(summary_file)]) == 0
+    summary = json.loads(summary_file.read_text())
+    assert {"random", "random@tiny"} <= set(summary["curves"]) and summary["curves"]["random@tiny"]["versus_reference"]
+    assert _ordered(["full", "random@tiny", "dsal+alnt", "random", "fg-random@b", "fg-random"]) == [
+        "dsal+alnt", "fg-random", "fg-random@b", "random", "random@tiny", "full"]
+
+
+def test_a_variant_name_must_fit_in_a_file_name() -> None:
+    assert SimulationSettings("fg-random", variant="scratch").label == "fg-random@scratch"
+    assert SimulationSettings("dsal", alnt=False).label == "dsal"
+    for bad in ("a/b", "", "../x", "two words"):
+        with pytest.raises(ConfigError, match="variant"):
+            SimulationSettings("fg-random", variant=bad)
 
 
 def test_plot_prints_markdown_tables_for_results(runs: dict[str, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,8 @@ Usage::
         --set network.channels=4,8,16,32 --out results_dsal_0.json
     activeseg simulate --dataset DIR --strategies dsal+alnt fg-random entropy full --seeds 0 1 2 3 4 \\
         --jobs 2 --out-dir runs/          # a campaign: parallel, resumable, one results file per run
+    activeseg simulate ... --strategies fg-random --variant scratch --set training.warm_start=false --out-dir runs/
+                                          # an ablation: curve fg-random@scratch beside fg-random
     activeseg plot runs/*.json -o curves.png --summary summary.json
 """
 
@@ -37,7 +39,7 @@ def _base_settings(args: argparse.Namespace, strategy: str) -> Any:
         strategy=strategy, seed=args.seed, rounds=args.rounds, per_round=args.per_round, initial=args.initial,
         test_fraction=args.test_fraction, val_fraction=args.val_fraction, overrides=tuple(args.set), alnt=not args.no_alnt,
         pool_size=args.pool_size, pseudo=not args.no_pseudo, mc_passes=args.mc_passes, work_dir=args.work_dir,
-        round0_cache=args.round0_cache,
+        round0_cache=args.round0_cache, variant=args.variant,
     )
 
 
@@ -87,8 +89,15 @@ def _class_names(results: dict[str, Any]) -> list[str]:
     return [k for k in results["rounds"][0]["test_dice"] if k != "mean"]
 
 
+def _base_label(label: str) -> str:
+    """A curve label without its ``@variant``."""
+    return label.split("@", 1)[0]
+
+
 def _ordered(labels: list[str]) -> list[str]:
-    return sorted(labels, key=lambda name: (_ORDER.index(name) if name in _ORDER else len(_ORDER), name))
+    """Table and legend order: by strategy (:data:`_ORDER`), a strategy's variants after it."""
+    return sorted(labels, key=lambda name: (_ORDER.index(_base_label(name)) if _base_label(name) in _ORDER else len(_ORDER),
+                                            name))
 
 
 def _interval(entry: dict[str, float], digits: int = 3) -> str:
@@ -150,13 +159,13 @@ def plot_command(args: argparse.Namespace) -> int:
     summary = compare_to_reference(collect_curves(runs), args.reference)
     summary["pseudo_labels"] = pseudo_label_report(runs)
     curves = summary["curves"]
-    xs = [p["labelled"] for name, c in curves.items() if name != "full" for p in c["per_budget"]] or [0]
+    xs = [p["labelled"] for name, c in curves.items() if _base_label(name) != "full" for p in c["per_budget"]] or [0]
     plotted: dict[str, list[tuple[float, float, float, float]]] = {}
     differences: dict[str, list[tuple[float, float, float, float]]] = {}
     for name in _ordered(list(curves)):
         points = [(float(p["labelled"]), p["mean"], p["low"], p["high"]) for p in curves[name]["per_budget"]]
         key = f"{name} (n={len(curves[name]['seeds'])})"
-        if name == "full" and len(points) == 1:
+        if _base_label(name) == "full" and len(points) == 1:
             # The ceiling is one point at the whole pool; draw it as a level across the budget axis.
             count, mean, low, high = points[0]
             key = f"full ({count:.0f} labelled, n={len(curves[name]['seeds'])})"
@@ -222,6 +231,9 @@ def add_simulation_commands(commands: argparse._SubParsersAction) -> None:  # ty
     sub.add_argument("--round0-cache", type=Path, default=None,
                      help="folder sharing the identical round-0 model between strategies of one seed (saves CPU)")
     sub.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE", help="override a setting (repeatable)")
+    sub.add_argument("--variant", default=None, metavar="NAME",
+                     help="name these settings (an ablation, e.g. --variant scratch --set training.warm_start=false): "
+                          "curves are labelled <strategy>@NAME and files <strategy>@NAME-seed<N>.json")
     sub.add_argument("--out", type=Path, default=None, help="one run's results JSON")
     sub.set_defaults(func=simulate_command)
 

@@ -65,7 +65,7 @@ class CampaignRun:
 
 
 def result_name(label: str, seed: int) -> str:
-    """File stem of a run's results: ``<label>-seed<N>`` (``+`` kept: ``dsal+alnt-seed0``)."""
+    """File stem of a run's results: ``<label>-seed<N>`` (``+`` and ``@`` kept: ``dsal+alnt@scratch-seed0``)."""
     return f"{label}-seed{seed}"
 
 
@@ -105,7 +105,7 @@ def plan_campaign(labels: Sequence[str], seeds: Sequence[int], base: SimulationS
                 variant["overrides"] = (*base.overrides, f"training.steps_base={steps}", "training.steps_per_label=0",
                                         f"training.max_steps={steps}")
         settings = dataclasses.replace(base, seed=seed, round0_cache=cache, work_dir=None, keep_work_dir=False, **variant)
-        runs.append(CampaignRun(settings, Path(out_dir) / f"{result_name(label, seed)}.json"))
+        runs.append(CampaignRun(settings, Path(out_dir) / f"{result_name(settings.label, seed)}.json"))
     return runs
 
 

@@ -43,6 +43,7 @@ import logging
 import os
 import platform
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -116,6 +117,10 @@ def plan_splits(case_ids: list[str], seed: int, test_fraction: float, val_fracti
     if n_pool < 1:
         raise ConfigError(f"no training pool left: {len(ordered)} cases, {n_test} test, {n_val} validation")
     return SplitPlan(sorted(test), sorted(rest[: n_val + n_pool]), n_val)
+
+
+# A variant's name (see SimulationSettings.variant): it ends up in curve labels and results file names.
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def strategy_label(strategy: str, alnt: bool, pseudo: bool) -> str:
@@ -210,6 +215,8 @@ class SimulationSettings:
         work_dir: folder for the datastore (replaced); default a fresh folder under the system temp dir.
         keep_work_dir: keep the datastore afterwards (default: removed when ``work_dir`` was not given).
         round0_cache: folder sharing the round-0 model between runs of one seed (see the module docstring).
+        variant: name of a configuration (an ablation: ``scratch`` for ``training.warm_start=false``, say), appended
+            to the curve label as ``<label>@<variant>`` so that variants of one strategy are curves of their own.
     """
 
     strategy: str
@@ -227,11 +234,17 @@ class SimulationSettings:
     work_dir: Path | None = None
     keep_work_dir: bool = False
     round0_cache: Path | None = None
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant is not None and not _VARIANT_NAME.fullmatch(self.variant):
+            raise ConfigError(f"variant {self.variant!r}: use letters, digits, '.', '_' or '-' (it becomes part of file names)")
 
     @property
     def label(self) -> str:
-        """The curve label (:func:`strategy_label`)."""
-        return strategy_label(self.strategy, self.alnt, self.pseudo)
+        """The curve label (:func:`strategy_label`, then ``@variant`` when one is named)."""
+        label = strategy_label(self.strategy, self.alnt, self.pseudo)
+        return label if self.variant is None else f"{label}@{self.variant}"
 
     def config_overrides(self) -> list[str]:
         """The settings the datastore is created with: the seed, the caller's overrides, ALNT off if asked."""
@@ -459,6 +472,7 @@ def _metadata(experiment: _Experiment, dataset_dir: Path) -> dict[str, Any]:
     return {
         "strategy": settings.strategy,
         "label": settings.label,
+        "variant": settings.variant,
         "seed": settings.seed,
         "dataset": str(dataset_dir.resolve()),
         "alnt": bool(settings.alnt and config.alnt.enabled),
