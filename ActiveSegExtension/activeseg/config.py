@@ -113,9 +113,9 @@ class TrainingConfig:
         unlearned_class_dice: a class present in the validation labels whose validation Dice is below this has not
             been learned: the round says so, a warm start from that model starts over instead, and its ranking writes
             no pseudo-labels (each would miss the class). 0 turns the rule off.
-        unlearned_retries: a from-scratch round whose model has not learned a class (``unlearned_class_dice``) trains
-            again from a new initialisation and crop seed, up to this many times, and keeps the attempt with the best
-            validation Dice. Whether a short round learns a class depended on the seed: hippocampus seed 2's initial
+        unlearned_retries: a round whose model has not learned a class (``unlearned_class_dice``) trains again from
+            a new initialisation and crop seed (from scratch, also in a warm-started round), up to this many times,
+            and keeps the attempt with the best validation Dice. Whether a short round learns a class depended on the seed: hippocampus seed 2's initial
             set gave Posterior 0.000 with its own seed and 0.79 / 0.80 with two others (RESULTS.md, issue 9).
         keep_better_parent: a round whose weights score below the active model on the validation split registers
             nothing (the active model stays); off: every round registers its weights.

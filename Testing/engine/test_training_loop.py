@@ -282,3 +282,44 @@ def test_a_from_scratch_round_that_did_not_learn_a_class_trains_again_with_other
     seeds.clear()
     store.config.training.unlearned_retries = 0
     assert train_round(store).metrics["attempts"] == 1 and len(seeds) == 1
+
+
+def test_a_warm_started_round_that_lost_a_class_trains_again_from_scratch(
+        labelled_store: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9/11: fine-tuning a weak model at a fresh optimiser's learning rate lost a class even on correct labels
+    (bench_alnt_premise, seed 0: Posterior 0.000 after 200 warm-started steps on experts plus true pseudo-labels,
+    from a parent at 0.69). A warm-started round whose model misses a class trains again from a new initialisation
+    (same plan, another seed) and keeps the better attempt."""
+    import sqlite3
+
+    from activeseg.pipeline import training_round
+
+    store = labelled_store
+    store.config.training.unlearned_class_dice = 0.05
+    parent = train_round(store)
+    parent_weights = torch.load(parent.weights_path, weights_only=True)["state_dict"]
+    first_name = list(store.config.labels.values())[0]
+    # the tiny parent as if it had learned every class (else the warm start would start over for that reason)
+    learned = dict(parent.metrics, val_dice={name: 0.9 for name in [*store.config.labels.values(), "mean"]})
+    with sqlite3.connect(store.meta_dir / "activeseg.db") as connection:
+        connection.execute("UPDATE models SET metrics = ? WHERE version = ?", (json.dumps(learned), parent.version))
+    store.config.training.warm_start = True
+    real = training_round.train_model
+    starts: list[tuple[int, bool]] = []  # (seed, the attempt started from the parent's weights)
+
+    def first_attempt_misses_a_class(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        state = model.state_dict()
+        from_parent = all(torch.equal(state[name].cpu(), parent_weights[name]) for name in parent_weights)
+        starts.append((kwargs["seed"], from_parent))
+        metrics = real(model, *args, **kwargs)
+        if len(starts) == 1:
+            metrics["val_dice"] = {**metrics["val_dice"], first_name: 0.0, "mean": -1.0}
+        return metrics
+
+    monkeypatch.setattr(training_round, "train_model", first_attempt_misses_a_class)
+    store.config.training.keep_better_parent = False
+    result = train_round(store)
+    assert [from_parent for _, from_parent in starts] == [True, False] and starts[0][0] != starts[1][0]
+    assert result.metrics["attempts"] == 2 and result.metrics["kept_attempt"] == 1
+    assert result.metrics["warm_start"] is False  # the kept model was trained from scratch
+    assert result.metrics["plan"] == parent.metrics["plan"]  # on the parent's plan

@@ -515,27 +515,30 @@ def _train_attempts(warm_model: DeepSupervisedUNet3D | None, data: TrainingData,
                     epochs: int, device: torch.device, progress: ProgressCallback | None, round_index: int,
                     weight_observer: WeightObserver | None, group: DataParallel | None,
                     ) -> tuple[DeepSupervisedUNet3D, dict[str, Any]]:
-    """Train the round's model; a from-scratch model that has not learned a class trains again with other seeds.
+    """Train the round's model; a model that has not learned a class trains again, from scratch, with other seeds.
 
-    ``warm_model``: the parent's weights to fine-tune (one attempt), or None to build the network from the round's
-    seed. Attempt ``a`` uses seed ``training.seed + round + RETRY_SEED_STRIDE * a`` for initialisation and crops
-    (attempt 0 is the round's usual seed). Up to ``training.unlearned_retries`` more attempts run while the best one
-    so far misses a class (:func:`activeseg.method.metrics.collapsed_classes` of its validation Dice); the attempt
-    with the best mean validation Dice is kept. Data-parallel: rank 0 decides (it alone validates) and one
-    all-reduce tells the other ranks.
+    ``warm_model``: the parent's weights to fine-tune in the first attempt, or None to build the network from the
+    round's seed. Attempt ``a`` uses seed ``training.seed + round + RETRY_SEED_STRIDE * a`` for initialisation and
+    crops (attempt 0 is the round's usual seed). Up to ``training.unlearned_retries`` more attempts run while the
+    best one so far misses a class (:func:`activeseg.method.metrics.collapsed_classes` of its validation Dice); a
+    retry always builds a fresh network on ``plan`` (a warm-started round's is the parent's), since fine-tuning a
+    weak parent at a fresh optimiser's learning rate lost a class even on correct labels (RESULTS.md, issue 11,
+    ALNT's premise, seed 0). The attempt with the best mean validation Dice is kept. Data-parallel: rank 0 decides
+    (it alone validates) and one all-reduce tells the other ranks.
 
     Returns:
-        The kept model and its metrics, with ``attempts`` (how many trained) and ``attempt_val_dice`` (each
-        attempt's mean validation Dice; None on ranks other than 0).
+        The kept model and its metrics, with ``attempts`` (how many trained), ``attempt_val_dice`` (each
+        attempt's mean validation Dice; None on ranks other than 0) and ``kept_attempt`` (index of the kept one).
     """
     settings = config.training
-    attempts = 1 if warm_model is not None else 1 + settings.unlearned_retries
+    attempts = 1 + settings.unlearned_retries
     main_rank = group is None or group.is_main
     best: tuple[DeepSupervisedUNet3D, dict[str, Any]] | None = None
+    kept = 0
     history: list[float | None] = []
     for attempt in range(attempts):
         seed = settings.seed + round_index + RETRY_SEED_STRIDE * attempt
-        if warm_model is not None:
+        if warm_model is not None and attempt == 0:
             model = warm_model
         else:
             torch.manual_seed(seed)
@@ -546,7 +549,7 @@ def _train_attempts(warm_model: DeepSupervisedUNet3D | None, data: TrainingData,
         history.append(score)
         best_score = None if best is None else best[1]["val_dice"].get("mean")
         if best is None or (score is not None and score > (-math.inf if best_score is None else best_score)):
-            best = (model, metrics)
+            best, kept = (model, metrics), attempt
         unlearned = collapsed_classes(best[1]["val_dice"], config.labels, settings.unlearned_class_dice) if main_rank else []
         again = bool(unlearned) and attempt + 1 < attempts
         if group is not None:
@@ -558,7 +561,7 @@ def _train_attempts(warm_model: DeepSupervisedUNet3D | None, data: TrainingData,
         _notify(progress, {"phase": "retry", "attempt": attempt + 2, "attempts": attempts, "unlearned": unlearned})
     assert best is not None
     model, metrics = best
-    metrics.update({"attempts": len(history), "attempt_val_dice": history})
+    metrics.update({"attempts": len(history), "attempt_val_dice": history, "kept_attempt": kept})
     return model, metrics
 
 
@@ -659,7 +662,7 @@ def run_round(store: Datastore, progress: ProgressCallback | None = None,
     metrics.update({
         "round": round_index,
         "parent": parent,
-        "warm_start": warm,
+        "warm_start": warm and metrics["kept_attempt"] == 0,  # a retry trains from scratch
         "kept_parent": kept_parent,
         "plan": plan.to_dict(),
         "device": str(device),
