@@ -76,6 +76,7 @@ from activeseg.pipeline.training_round import TrainingData, load_training_data, 
 from activeseg.pipeline.training_round import _train_attempts  # the engine's from-scratch rule (retry an unlearned class)
 from activeseg.store.initialise import init_datastore
 from activeseg.store.sources import find_source
+from Testing.benchmarks.jsonl_results import append_record, format_number, mean_present, read_records
 
 __all__ = ["CORRUPTIONS", "corrupt_label", "pseudo_case", "Settings", "run_seed", "summarise", "run", "main"]
 
@@ -298,13 +299,6 @@ def run_seed(seed: int, settings: Settings, work: Path) -> dict[str, Any]:
     return record
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def summarise(records: list[dict[str, Any]]) -> str:
@@ -326,11 +320,11 @@ def summarise(records: list[dict[str, Any]]) -> str:
     def weight_row(name: str, group: list[dict[str, Any]]) -> str:
         w = [r["arms"]["alnt"]["weights"] for r in group]
         s = [r["arms"]["alnt"]["recorder_summary"] for r in group]
-        return (f"| {name} | {sum(x['crops'] for x in w)} | {_fmt(_mean([x['good']['mean_weight'] for x in w]))} | "
-                f"{_fmt(_mean([x['bad']['mean_weight'] for x in w]))} | {_fmt(_mean([x['good']['zero_share'] for x in w]), 2)} | "
-                f"{_fmt(_mean([x['bad']['zero_share'] for x in w]), 2)} | {_fmt(_mean([x['good']['mean_dice'] for x in w]), 2)} / "
-                f"{_fmt(_mean([x['bad']['mean_dice'] for x in w]), 2)} | {_fmt(_mean([x['spearman'] for x in w]))} | "
-                f"{_fmt(_mean([x['p_good_above_bad'] for x in w]))} | {_fmt(_mean([x['concordance'] for x in s]))} |")
+        return (f"| {name} | {sum(x['crops'] for x in w)} | {format_number(mean_present([x['good']['mean_weight'] for x in w]))} | "
+                f"{format_number(mean_present([x['bad']['mean_weight'] for x in w]))} | {format_number(mean_present([x['good']['zero_share'] for x in w]), 2)} | "
+                f"{format_number(mean_present([x['bad']['zero_share'] for x in w]), 2)} | {format_number(mean_present([x['good']['mean_dice'] for x in w]), 2)} / "
+                f"{format_number(mean_present([x['bad']['mean_dice'] for x in w]), 2)} | {format_number(mean_present([x['spearman'] for x in w]))} | "
+                f"{format_number(mean_present([x['p_good_above_bad'] for x in w]))} | {format_number(mean_present([x['concordance'] for x in s]))} |")
 
     lines += [weight_row(str(r["seed"]), [r]) for r in records]
     if len(records) > 1:
@@ -346,11 +340,11 @@ def summarise(records: list[dict[str, Any]]) -> str:
     def dice_row(name: str, group: list[dict[str, Any]]) -> str:
         cells = []
         for column, _ in columns:
-            mean = _mean([dice_of(r, column)["mean"] for r in group])
-            per_class = " / ".join(_fmt(_mean([dice_of(r, column)[label] for r in group])) for label in labels)
-            cells.append(f"{_fmt(mean)} ({per_class})")
-        a_b = _mean([dice_of(r, "alnt")["mean"] - dice_of(r, "no_alnt")["mean"] for r in group])
-        a_c = _mean([dice_of(r, "alnt")["mean"] - dice_of(r, "good_only")["mean"] for r in group])
+            mean = mean_present([dice_of(r, column)["mean"] for r in group])
+            per_class = " / ".join(format_number(mean_present([dice_of(r, column)[label] for r in group])) for label in labels)
+            cells.append(f"{format_number(mean)} ({per_class})")
+        a_b = mean_present([dice_of(r, "alnt")["mean"] - dice_of(r, "no_alnt")["mean"] for r in group])
+        a_c = mean_present([dice_of(r, "alnt")["mean"] - dice_of(r, "good_only")["mean"] for r in group])
         return f"| {name} | " + " | ".join(cells) + f" | {a_b:+.3f} | {a_c:+.3f} |"
 
     lines += [dice_row(str(r["seed"]), [r]) for r in records]
@@ -363,9 +357,6 @@ def summarise(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _read(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
-
 
 def run_benchmark(seeds: list[int], settings: Settings, out: Path) -> str:
     """Run the seeds not yet in ``out`` with ``settings`` (appending each as it finishes); the tables of all of
@@ -374,7 +365,7 @@ def run_benchmark(seeds: list[int], settings: Settings, out: Path) -> str:
         return f"skipped: {DATA} not found (the hippocampus set lives in ../shared/data beside the project)"
     torch.set_num_threads(1)
     key = settings.key()
-    done = {r["seed"] for r in _read(out) if r.get("key") == key}
+    done = {r["seed"] for r in read_records(out) if r.get("key") == key}
     work = Path(tempfile.mkdtemp(prefix="alnt-premise-"))
     try:
         for seed in seeds:
@@ -382,12 +373,10 @@ def run_benchmark(seeds: list[int], settings: Settings, out: Path) -> str:
                 logger.info("seed %d: already in %s, skipped", seed, out)
                 continue
             record = run_seed(seed, settings, work)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_record(out, record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    records = [r for r in _read(out) if r.get("key") == key and r["seed"] in seeds]
+    records = [r for r in read_records(out) if r.get("key") == key and r["seed"] in seeds]
     return summarise(records)
 
 
@@ -424,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         changes["stage1_steps"] = args.stage1_steps
     settings = dataclasses.replace(settings, **changes)
     if args.summarise:
-        sys.stdout.write(summarise([r for r in _read(args.out) if r.get("key") == settings.key() and r["seed"] in args.seeds]) + "\n")
+        sys.stdout.write(summarise([r for r in read_records(args.out) if r.get("key") == settings.key() and r["seed"] in args.seeds]) + "\n")
         return 0
     sys.stdout.write(run_benchmark(args.seeds, settings, args.out) + "\n")
     return 0

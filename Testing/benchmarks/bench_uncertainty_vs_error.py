@@ -79,6 +79,7 @@ from activeseg.method.metrics import dice_per_class, mean_of_counted
 from activeseg.model.predictor import Predictor
 from activeseg.model.preprocessing import resample_to_grid
 from activeseg.pipeline.ranking_round import score_case
+from Testing.benchmarks.jsonl_results import append_record, format_number, mean_present, read_records
 
 __all__ = ["Protocol", "measure_case", "run_seed", "seed_summary", "summarise", "run_benchmark", "run", "main"]
 
@@ -364,13 +365,6 @@ def seed_summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def summarise(records: list[dict[str, Any]]) -> str:
@@ -395,12 +389,12 @@ def summarise(records: list[dict[str, Any]]) -> str:
     def row(name: str, source: str, n: int, spread: dict[str, Any], summaries: list[dict[str, Any]],
             below: float | None) -> str:
         s = summaries
-        chosen = {key: _mean([x["selected_mean"][key] for x in s]) for key in ("dsal", "entropy", "fg_random", "random", "worst")}
-        return (f"| {name} | {source} | {n} | " + " / ".join(_fmt(spread[q]) for q in ("min", "q1", "median", "q3", "max"))
-                + f" | {_fmt(spread['sd'])} | {_fmt(below, 2)} | {_fmt(_mean([x['spearman_mdsc'] for x in s]), 2)} | "
-                f"{_fmt(_mean([x['spearman_neg_entropy'] for x in s]), 2)} | {_fmt(_mean([x['spearman_confidence'] for x in s]), 2)} | "
-                f"{_fmt(_mean([x['spearman_mdsc_neg_entropy'] for x in s]), 2)} | "
-                + " | ".join(_fmt(chosen[key]) for key in ("dsal", "entropy", "fg_random", "random", "worst")) + " |")
+        chosen = {key: mean_present([x["selected_mean"][key] for x in s]) for key in ("dsal", "entropy", "fg_random", "random", "worst")}
+        return (f"| {name} | {source} | {n} | " + " / ".join(format_number(spread[q]) for q in ("min", "q1", "median", "q3", "max"))
+                + f" | {format_number(spread['sd'])} | {format_number(below, 2)} | {format_number(mean_present([x['spearman_mdsc'] for x in s]), 2)} | "
+                f"{format_number(mean_present([x['spearman_neg_entropy'] for x in s]), 2)} | {format_number(mean_present([x['spearman_confidence'] for x in s]), 2)} | "
+                f"{format_number(mean_present([x['spearman_mdsc_neg_entropy'] for x in s]), 2)} | "
+                + " | ".join(format_number(chosen[key]) for key in ("dsal", "entropy", "fg_random", "random", "worst")) + " |")
 
     for r in records:
         source = "cached" if r["round0"]["source"].startswith("cache") else "trained"
@@ -419,9 +413,9 @@ def summarise(records: list[dict[str, Any]]) -> str:
         for group_name, group in groups:
             values = [c["dice"][name] for r in group for c in r["cases"] if c["dice"][name] is not None]
             cls = [r["summary"]["per_class"][name]["selected_mean"] for r in group]
-            lines.append(f"| {group_name} | {name} | {_fmt(_mean(values))} | {_fmt(min(values) if values else None)} | "
-                         f"{_fmt(float(np.mean([v < DICE_BELOW for v in values])) if values else None, 2)} | "
-                         + " | ".join(_fmt(_mean([x[key] for x in cls])) for key in ("dsal", "entropy", "fg_random", "worst"))
+            lines.append(f"| {group_name} | {name} | {format_number(mean_present(values))} | {format_number(min(values) if values else None)} | "
+                         f"{format_number(float(np.mean([v < DICE_BELOW for v in values])) if values else None, 2)} | "
+                         + " | ".join(format_number(mean_present([x[key] for x in cls])) for key in ("dsal", "entropy", "fg_random", "worst"))
                          + " |")
     checks = [r["checks"] for r in records]
     lines += ["", "Checks: strategies' selections equal the measurement pass's: "
@@ -438,9 +432,6 @@ def summarise(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _read(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
-
 
 def run_benchmark(seeds: list[int], protocol: Protocol, out: Path, dataset_dir: Path = DATA,
                   cache_dir: Path | None = None, campaign_runs: Path | None = None) -> str:
@@ -449,7 +440,7 @@ def run_benchmark(seeds: list[int], protocol: Protocol, out: Path, dataset_dir: 
         return f"skipped: {dataset_dir} not found (the hippocampus set lives in ../shared/data beside the project)"
     torch.set_num_threads(1)
     key = protocol.key()
-    done = {r["seed"] for r in _read(out) if r.get("key") == key}
+    done = {r["seed"] for r in read_records(out) if r.get("key") == key}
     work = Path(tempfile.mkdtemp(prefix="uncertainty-vs-error-"))
     try:
         for seed in seeds:
@@ -458,13 +449,11 @@ def run_benchmark(seeds: list[int], protocol: Protocol, out: Path, dataset_dir: 
                 continue
             record = run_seed(seed, protocol, dataset_dir, cache_dir, campaign_runs, work / f"seed{seed}")
             logger.info("seed %d took %.1f min", seed, record["seconds"]["total"] / 60)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_record(out, record)
             shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return summarise([r for r in _read(out) if r.get("key") == key and r["seed"] in seeds])
+    return summarise([r for r in read_records(out) if r.get("key") == key and r["seed"] in seeds])
 
 
 def run(quick: bool) -> str:
@@ -493,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     protocol = Protocol.quick() if args.quick else Protocol()
     if args.summarise:
-        sys.stdout.write(summarise([r for r in _read(args.out) if r.get("key") == protocol.key() and r["seed"] in args.seeds]) + "\n")
+        sys.stdout.write(summarise([r for r in read_records(args.out) if r.get("key") == protocol.key() and r["seed"] in args.seeds]) + "\n")
         return 0
     sys.stdout.write(run_benchmark(args.seeds, protocol, args.out, args.dataset, args.round0_cache, args.campaign_runs) + "\n")
     return 0

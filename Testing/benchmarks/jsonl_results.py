@@ -1,0 +1,42 @@
+"""What the resumable benchmarks share: their JSON-lines results files and the cells of their Markdown tables.
+
+A benchmark that runs for many minutes per seed appends one JSON object per finished seed to its results file, so
+an interrupted run resumes where it stopped (the file is read back, finished seeds skipped). Not a benchmark itself
+(``run_all`` collects ``bench_*.py`` only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["read_records", "append_record", "format_number", "mean_present"]
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSON-lines results file (none when it does not exist yet)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one finished seed's record (one line, so a run killed mid-seed leaves the earlier seeds whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A table cell: ``-`` for a missing value."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def mean_present(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that are not None; None when none is."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
