@@ -109,14 +109,19 @@ class TrainingConfig:
         learning_rate: peak learning rate.
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         warmup_fraction: share of the round's steps with a linearly rising learning rate.
-        warm_start: start a round from the active model's weights (and its plan) instead of from scratch.
+        warm_start: start a round from the active model's weights (and its plan) instead of from scratch (DSAL's
+            schedule; the first round, and a round after a class was added to the labels, train from scratch).
+            Measured on hippocampus MRI at equal steps per round (RESULTS.md, issue 9, "Warm start or from scratch"):
+            from-scratch rounds of a few hundred steps often missed a class, the keep-the-parent rule then held the
+            older model, and the new labels went unused.
         unlearned_class_dice: a class present in the validation labels whose validation Dice is below this has not
             been learned: the round says so, a warm start from that model starts over instead, and its ranking writes
             no pseudo-labels (each would miss the class). 0 turns the rule off.
         unlearned_retries: a round whose model has not learned a class (``unlearned_class_dice``) trains again from
             a new initialisation and crop seed (from scratch, also in a warm-started round), up to this many times,
-            and keeps the attempt with the best validation Dice. Whether a short round learns a class depended on the seed: hippocampus seed 2's initial
-            set gave Posterior 0.000 with its own seed and 0.79 / 0.80 with two others (RESULTS.md, issue 9).
+            and keeps the attempt with the best validation Dice. Whether a short round learns a class depended on the
+            seed: hippocampus seed 2's initial set gave Posterior 0.000 with its own seed and 0.79 / 0.80 with two
+            others (RESULTS.md, issue 9).
         keep_better_parent: a round whose weights score below the active model on the validation split registers
             nothing (the active model stays); off: every round registers its weights.
         foreground_crop_fraction: share of crops centred on a foreground voxel (nnU-Net: 1/3).
@@ -157,7 +162,7 @@ class TrainingConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 3e-5
     warmup_fraction: float = 0.05
-    warm_start: bool = False
+    warm_start: bool = True
     keep_better_parent: bool = True
     unlearned_class_dice: float = 0.05
     unlearned_retries: int = 1

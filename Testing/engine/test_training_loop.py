@@ -323,3 +323,17 @@ def test_a_warm_started_round_that_lost_a_class_trains_again_from_scratch(
     assert result.metrics["attempts"] == 2 and result.metrics["kept_attempt"] == 1
     assert result.metrics["warm_start"] is False  # the kept model was trained from scratch
     assert result.metrics["plan"] == parent.metrics["plan"]  # on the parent's plan
+
+
+def test_a_warm_start_after_a_new_label_class_trains_from_scratch(labelled_store: Datastore) -> None:
+    """Fine-tuning (the default) cannot reuse a model whose heads have fewer classes than the labels now name (a
+    class added to the store's config.json): that round trains from scratch and says so, instead of failing."""
+    store = labelled_store
+    store.config.training.unlearned_class_dice = 0.0  # the tiny parent's classes need not be learned here
+    parent = train_round(store)
+    store.config.training.warm_start = True
+    store.config.labels = {**store.config.labels, max(store.config.labels) + 1: "vessel"}
+    result = train_round(store)
+    assert result.metrics["warm_start"] is False and result.version != parent.version
+    checkpoint = torch.load(result.weights_path, weights_only=True)
+    assert checkpoint["num_classes"] == store.config.num_classes == checkpoint["state_dict"]["head.weight"].shape[0]

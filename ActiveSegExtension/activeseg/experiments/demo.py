@@ -54,8 +54,10 @@ def demo_config() -> Config:
     config.network.channels = (8, 16, 32, 64)
     config.training.patch_size = (32, 48, 48)
     config.training.learning_rate = 3e-3
-    # Every round trains from scratch (the default): 10 validation points x 15 steps = 150 steps per round.
+    # The first round trains from scratch, later ones fine-tune (the default): 10 validation points x 15 steps =
+    # 150 steps per round.
     config.training.epochs_first = 10
+    config.training.epochs_per_round = 10
     config.training.steps_per_epoch = 15
     config.dsal.strong_per_round = 4
     config.dsal.weak_start_round = 2

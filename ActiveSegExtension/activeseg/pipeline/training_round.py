@@ -605,6 +605,13 @@ def run_round(store: Datastore, progress: ProgressCallback | None = None,
         raise CaseStateError("no expert labels in the training split yet: label at least one case before training")
     if warm:
         model, plan = load_checkpoint(store.model(parent).weights_path, device)
+        if model.head.out_channels != config.num_classes:
+            # A class was added to the labels since: the parent's heads cannot be fine-tuned into the new ones.
+            warm = False
+            if main_rank:
+                logger.warning("round %d: the active model v%d predicts %d classes, the labels now name %d: this round "
+                               "trains from scratch", round_index, parent, model.head.out_channels, config.num_classes)
+    if warm:
         spacing = plan.target_spacing
     else:
         spacing = _target_spacing(config, geometries)
@@ -648,11 +655,13 @@ def run_round(store: Datastore, progress: ProgressCallback | None = None,
         parent_predictor = Predictor.from_checkpoint(store.model(parent).weights_path, device, settings.amp, settings.tta_flips)
         new_dice = source_grid_dice(Predictor(model, plan, device, settings.amp, settings.tta_flips), store, validation_ids)
         _notify(progress, {"phase": "compare_parent", "step": 1, "steps": 2})
-        parent_dice = source_grid_dice(parent_predictor, store, validation_ids)
+        # A parent that predates a label class cannot stand in for this round's model, whatever it scores.
+        comparable = parent_predictor.model.head.out_channels == config.num_classes
+        parent_dice = source_grid_dice(parent_predictor, store, validation_ids) if comparable else {}
         _notify(progress, {"phase": "compare_parent", "step": 2, "steps": 2})
         metrics["phase_seconds"]["compare_parent"] = time.perf_counter() - compare_started
         metrics["source_val_dice"], metrics["parent_val_dice"] = new_dice, parent_dice
-        if parent_dice.get("mean", -1.0) > new_dice.get("mean", -1.0):
+        if comparable and parent_dice.get("mean", -1.0) > new_dice.get("mean", -1.0):
             kept_parent = True
             model, plan = parent_predictor.model, parent_predictor.plan
             logger.warning(
