@@ -45,7 +45,9 @@ def test_the_ceiling_trains_as_long_as_a_warm_started_curve(tmp_path: Path) -> N
     assert ceiling_steps(warm) == (100 + 40) + (100 + 80) + (100 + 120)
     full = next(run for run in plan_campaign(["full"], [0], warm, tmp_path))
     assert "training.steps_base=540" in full.settings.overrides and "training.steps_per_label=0" in full.settings.overrides
-    assert ceiling_steps(SimulationSettings(strategy="random")) is None  # from scratch: the budget rule as it is
+    scratch = SimulationSettings(strategy="random", overrides=("training.warm_start=false",))
+    assert ceiling_steps(scratch) is None  # from scratch: the budget rule as it is
+    assert ceiling_steps(SimulationSettings(strategy="random")) is not None  # fine-tuning is the default
 
 
 def test_campaign_runs_in_parallel_and_resumes(phantom_source: Path, tmp_path: Path) -> None:

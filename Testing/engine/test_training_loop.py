@@ -337,3 +337,27 @@ def test_a_warm_start_after_a_new_label_class_trains_from_scratch(labelled_store
     assert result.metrics["warm_start"] is False and result.version != parent.version
     checkpoint = torch.load(result.weights_path, weights_only=True)
     assert checkpoint["num_classes"] == store.config.num_classes == checkpoint["state_dict"]["head.weight"].shape[0]
+
+
+def test_a_pseudo_labelled_case_the_next_ranking_routes_strong_is_queued(labelled_store: Datastore) -> None:
+    """A case an earlier ranking pseudo-labelled and the next ranking finds most uncertain must join the queue. The
+    queue was staged before the pseudo-label set was replaced: a ``pseudo`` case cannot be queued, and the
+    replacement then returned it to ``unlabeled``, so a case the ranking chose was in neither (found by the server's
+    rollback test once rounds fine-tuned)."""
+    from activeseg.method.dsal import CaseScore
+
+    store = labelled_store
+    store.config.dsal.weak_start_round, store.config.dsal.confidence_bins = 1, 1
+    store.config.dsal.strong_per_round, store.config.dsal.weak_initial = 1, 1
+    train_round(store)
+    first = rank_round(store)
+    assert first.weak, "the first ranking pseudo-labelled a case"
+    held = first.weak[0]
+    assert store.case(held).state == "pseudo"
+    candidates = [c.case_id for c in store.cases(split="train") if c.state in ("unlabeled", "queued", "pseudo")]
+    # the next ranking finds the pseudo-labelled case the most uncertain (lowest M-DSC), the others confident
+    scores = {cid: CaseScore(cid, 0.1 if cid == held else 0.9, 0.9, 100) for cid in candidates}
+    second = rank_round(store, precomputed=scores)
+    assert second.strong == [held]
+    assert store.case(held).state == "queued"
+    assert held in [record.case_id for record, _ in store.queue()]

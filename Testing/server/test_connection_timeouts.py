@@ -47,6 +47,23 @@ def _connect(server: LiveServer) -> socket.socket:
     return sock
 
 
+def _rest_until_close(sock: socket.socket, deadline: float) -> bytes:
+    """What the server sends after the first bytes of its answer, until it closes (``connection: close``): the
+    status line and the body may come in separate segments (on a loaded machine the body of a 408 came apart)."""
+    rest = b""
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        rest += chunk
+    return rest
+
+
 def _drip(sock: socket.socket, prefix: bytes, byte: bytes, interval_s: float = 0.2) -> bytes:
     """Send ``prefix``, then ``byte`` every ``interval_s`` until the server answers or closes; return what it sent
     (b"" for a plain close). Raises AssertionError when it still holds the connection after GIVE_UP_S."""
@@ -56,7 +73,7 @@ def _drip(sock: socket.socket, prefix: bytes, byte: bytes, interval_s: float = 0
     while time.monotonic() < deadline:
         try:
             answer = sock.recv(65536)
-            return answer
+            return answer + _rest_until_close(sock, deadline) if answer else answer
         except TimeoutError:
             pass
         try:

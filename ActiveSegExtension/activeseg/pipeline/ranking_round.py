@@ -256,14 +256,16 @@ def rank_round(
             progress({"phase": "write", "step": 0, "steps": to_write})
         prediction_set = _write_predictions(store, commit, version,
                                             {cid: (main_maps[cid], geometries[cid]) for cid in result.strong})
-        store.stage_queue(commit, validation_queue + result.strong, version, prediction_set)
         if progress is not None:
             progress({"phase": "write", "step": len(result.strong), "steps": to_write})
         if write_pseudo:
+            # The pseudo-label set is replaced before the queue is set: a case the previous set held and this
+            # ranking routes strong is then ``unlabeled`` again and can be queued (a ``pseudo`` case cannot).
             written = {cid: _write_pseudo(store, cid, main_maps[cid], geometries[cid]) for cid in result.weak}
             store.stage_pseudo_labels(commit, version, written)
             if progress is not None:
                 progress({"phase": "write", "step": to_write, "steps": to_write})
+        store.stage_queue(commit, validation_queue + result.strong, version, prediction_set)
     main_maps.close()
     result.seconds = time.perf_counter() - started
     logger.info(
