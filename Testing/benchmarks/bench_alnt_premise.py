@@ -76,7 +76,7 @@ from activeseg.pipeline.training_round import TrainingData, load_training_data, 
 from activeseg.pipeline.training_round import _train_attempts  # the engine's from-scratch rule (retry an unlearned class)
 from activeseg.store.initialise import init_datastore
 from activeseg.store.sources import find_source
-from Testing.benchmarks.jsonl_results import append_record, format_number, mean_present, read_records
+from Testing.benchmarks.jsonl_results import format_number, mean_present, read_records, run_missing_seeds
 
 __all__ = ["CORRUPTIONS", "corrupt_label", "pseudo_case", "Settings", "run_seed", "summarise", "run", "main"]
 
@@ -357,26 +357,17 @@ def summarise(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-
 def run_benchmark(seeds: list[int], settings: Settings, out: Path) -> str:
     """Run the seeds not yet in ``out`` with ``settings`` (appending each as it finishes); the tables of all of
     this configuration's seeds in ``out``."""
     if not (DATA / "dataset.json").is_file():
         return f"skipped: {DATA} not found (the hippocampus set lives in ../shared/data beside the project)"
     torch.set_num_threads(1)
-    key = settings.key()
-    done = {r["seed"] for r in read_records(out) if r.get("key") == key}
     work = Path(tempfile.mkdtemp(prefix="alnt-premise-"))
     try:
-        for seed in seeds:
-            if seed in done:
-                logger.info("seed %d: already in %s, skipped", seed, out)
-                continue
-            record = run_seed(seed, settings, work)
-            append_record(out, record)
+        records = run_missing_seeds(seeds, settings.key(), out, lambda seed: run_seed(seed, settings, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    records = [r for r in read_records(out) if r.get("key") == key and r["seed"] in seeds]
     return summarise(records)
 
 

@@ -79,7 +79,7 @@ from activeseg.method.metrics import dice_per_class, mean_of_counted
 from activeseg.model.predictor import Predictor
 from activeseg.model.preprocessing import resample_to_grid
 from activeseg.pipeline.ranking_round import score_case
-from Testing.benchmarks.jsonl_results import append_record, format_number, mean_present, read_records
+from Testing.benchmarks.jsonl_results import format_number, mean_present, read_records, run_missing_seeds
 
 __all__ = ["Protocol", "measure_case", "run_seed", "seed_summary", "summarise", "run_benchmark", "run", "main"]
 
@@ -432,28 +432,25 @@ def summarise(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-
 def run_benchmark(seeds: list[int], protocol: Protocol, out: Path, dataset_dir: Path = DATA,
                   cache_dir: Path | None = None, campaign_runs: Path | None = None) -> str:
     """Run the seeds not yet in ``out`` under ``protocol`` (appending each as it finishes); the tables of them."""
     if not (dataset_dir / "dataset.json").is_file():
         return f"skipped: {dataset_dir} not found (the hippocampus set lives in ../shared/data beside the project)"
     torch.set_num_threads(1)
-    key = protocol.key()
-    done = {r["seed"] for r in read_records(out) if r.get("key") == key}
     work = Path(tempfile.mkdtemp(prefix="uncertainty-vs-error-"))
+
+    def one_seed(seed: int) -> dict[str, Any]:
+        record = run_seed(seed, protocol, dataset_dir, cache_dir, campaign_runs, work / f"seed{seed}")
+        logger.info("seed %d took %.1f min", seed, record["seconds"]["total"] / 60)
+        shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
+        return record
+
     try:
-        for seed in seeds:
-            if seed in done:
-                logger.info("seed %d: already in %s, skipped", seed, out)
-                continue
-            record = run_seed(seed, protocol, dataset_dir, cache_dir, campaign_runs, work / f"seed{seed}")
-            logger.info("seed %d took %.1f min", seed, record["seconds"]["total"] / 60)
-            append_record(out, record)
-            shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
+        records = run_missing_seeds(seeds, protocol.key(), out, one_seed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return summarise([r for r in read_records(out) if r.get("key") == key and r["seed"] in seeds])
+    return summarise(records)
 
 
 def run(quick: bool) -> str:

@@ -8,13 +8,16 @@ an interrupted run resumes where it stopped (the file is read back, finished see
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["read_records", "append_record", "format_number", "mean_present"]
+__all__ = ["read_records", "append_record", "run_missing_seeds", "format_number", "mean_present"]
+
+logger = logging.getLogger("activeseg.bench")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -29,6 +32,19 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def run_missing_seeds(seeds: Sequence[int], key: str, path: Path,
+                      run_seed: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the seeds whose record with this ``key`` (the settings a result depends on) is not in ``path`` yet,
+    appending each as it finishes; return the records of ``seeds`` with ``key``, old and new."""
+    done = {r["seed"] for r in read_records(path) if r.get("key") == key}
+    for seed in seeds:
+        if seed in done:
+            logger.info("seed %d: already in %s, skipped", seed, path)
+            continue
+        append_record(path, run_seed(seed))
+    return [r for r in read_records(path) if r.get("key") == key and r["seed"] in seeds]
 
 
 def format_number(value: float | None, digits: int = 3) -> str:
