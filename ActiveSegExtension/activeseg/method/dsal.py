@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from activeseg.config import DsalConfig
-from activeseg.method.metrics import dice_counts, dice_from_counts, mean_dice, mean_of_counted
+from activeseg.method.metrics import dice_counts, dice_from_counts, dice_per_class, mean_dice, mean_of_counted
 
 __all__ = [
-    "CaseScore", "dice_agreement", "mdsc", "confidence", "RankingAccumulator", "weak_quota", "route_cases",
+    "CaseScore", "dice_agreement", "mdsc", "mdsc_per_class", "confidence", "RankingAccumulator", "weak_quota", "route_cases",
 ]
 
 
@@ -61,6 +61,25 @@ def mdsc(main: np.ndarray, auxiliaries: list[np.ndarray], num_classes: int) -> f
     if not auxiliaries:
         raise ValueError("M-DSC needs at least one auxiliary head")
     return float(np.mean([dice_agreement(main, aux, num_classes) for aux in auxiliaries]))
+
+
+def mdsc_per_class(main: np.ndarray, auxiliaries: list[np.ndarray], num_classes: int) -> dict[int, float | None]:
+    """M-DSC of each foreground class: mean over auxiliary heads of Dice(main, head) for that class alone.
+
+    All arrays are argmax label maps of equal shape. A head in which the class is absent from both it and ``main``
+    agrees on it (1.0, as :func:`dice_agreement` scores a pair with nothing in it); a class absent from ``main``
+    and every head is not counted (``None``). With one foreground class the value is :func:`mdsc` (``None`` where
+    that is 1.0).
+
+    Returns:
+        ``{class value 1 .. num_classes - 1: M-DSC in [0, 1] or None}``.
+    """
+    if not auxiliaries:
+        raise ValueError("M-DSC needs at least one auxiliary head")
+    classes = range(1, num_classes)
+    per_head = [dice_per_class(main, aux, classes) for aux in auxiliaries]
+    return {value: None if all(d[value] is None for d in per_head)
+            else float(np.mean([1.0 if d[value] is None else d[value] for d in per_head])) for value in classes}
 
 
 def confidence(probabilities: np.ndarray) -> float:
