@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/activeseg demo --out demo_output
 
+# Two pytest workers: half the suite waits on servers, workers and torchrun start-ups, so two share 2 cores well
+# (each worker's torch on one thread: Testing/conftest.py). A module's tests stay in one worker (its fixtures once).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest Testing
+	$(PY) -m pytest Testing -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(STAMP)
 	$(PY) -m Testing.benchmarks.run_all

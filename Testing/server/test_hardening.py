@@ -250,7 +250,8 @@ def test_openapi_declares_the_bearer_scheme_and_the_case_id_pattern(hard: LiveSe
 
 def test_empty_token_means_loopback_mode_not_401_everywhere(tmp_path: Path) -> None:
     store, _ = make_store(tmp_path, count=5)
-    with ServerProcess(store, token="") as server, httpx.Client(base_url=server.url) as client:
+    # server.client(): a 30 s read timeout (httpx's own 5 s failed once on a loaded machine, before the first answer)
+    with ServerProcess(store, token="") as server, server.client(token="") as client:
         assert client.get("/v1/info").status_code == 200
         assert client.get("/v1/info").json()["auth_required"] is False
 
