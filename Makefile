@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-gpu venv clean
+.PHONY: demo test bench bench-gpu campaign venv clean
 
 venv: $(STAMP)
 
@@ -35,5 +35,22 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(PY) -m Testing.benchmarks.bench_gpu
 
+# Issue 11's label-efficiency campaign on hippocampus MRI (RESULTS.md, "Issue 11"): every strategy, 5 seeds, one
+# JSON per run in $(CAMPAIGN_DIR) (resumable: run it again), then the table, the paired statistics and the figure.
+# 10-30 min a run on one CPU thread; on a lent GPU use CAMPAIGN_JOBS=15.
+CAMPAIGN_DIR        ?= campaign_output
+CAMPAIGN_JOBS       ?= 2
+CAMPAIGN_SEEDS      ?= 0 1 2 3 4
+CAMPAIGN_STRATEGIES ?= dsal+alnt dsal dsal-nopseudo fg-random random entropy mc-dropout full
+campaign: $(STAMP)
+	$(VENV)/bin/activeseg simulate --dataset ../shared/data/hippocampus_mri --strategies $(CAMPAIGN_STRATEGIES) \
+	  --seeds $(CAMPAIGN_SEEDS) --jobs $(CAMPAIGN_JOBS) --out-dir $(CAMPAIGN_DIR) --pool-size 40 --initial 4 \
+	  --per-round 4 --rounds 3 --test-fraction 0.1875 --val-fraction 0.0375 --set network.base_channels=8 \
+	  --set training.patch_size=32,48,32 --set training.num_threads=1 --set training.steps_base=200 \
+	  --set training.steps_per_label=10 --set training.max_steps=800 --set training.warm_start=true \
+	  --set training.epochs_first=8 --set training.epochs_per_round=5
+	$(VENV)/bin/activeseg plot $(CAMPAIGN_DIR)/*-seed*.json -o $(CAMPAIGN_DIR)/label_efficiency_hippocampus.png \
+	  --markdown --summary $(CAMPAIGN_DIR)/summary.json
+
 clean:
-	rm -rf $(VENV) demo_output bench_output
+	rm -rf $(VENV) demo_output bench_output campaign_output
