@@ -19,13 +19,13 @@ def test_token_required_on_every_request(tmp_path: Path) -> None:
     store, _ = make_store(tmp_path, count=5)
     with ServerProcess(store, token="s3cret") as server:
         for path in ("/v1/health", "/v1/cases", "/v1/openapi.json", "/v1/nothing"):
-            missing = httpx.get(server.url + path)
+            missing = httpx.get(server.url + path, timeout=30)
             assert missing.status_code == 401, path
             assert missing.json()["error"]["code"] == "unauthorized"
             assert missing.headers["www-authenticate"] == "Bearer"
-            wrong = httpx.get(server.url + path, headers={"Authorization": "Bearer s3cre"})
+            wrong = httpx.get(server.url + path, headers={"Authorization": "Bearer s3cre"}, timeout=30)
             assert wrong.status_code == 401
-            assert httpx.get(server.url + path, headers={"Authorization": "s3cret"}).status_code == 401
+            assert httpx.get(server.url + path, headers={"Authorization": "s3cret"}, timeout=30).status_code == 401
         with server.client() as client:
             assert client.get("/v1/health").status_code == 200
             assert client.get("/v1/info").json()["auth_required"] is True

@@ -41,8 +41,8 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def test_openapi_requires_the_bearer_scheme_on_every_operation_in_token_mode(token_server: ServerProcess) -> None:
-    assert httpx.get(token_server.url + "/v1/openapi.json").status_code == 401
-    schema = httpx.get(token_server.url + "/v1/openapi.json", headers=AUTH).json()
+    assert httpx.get(token_server.url + "/v1/openapi.json", timeout=30).status_code == 401
+    schema = httpx.get(token_server.url + "/v1/openapi.json", headers=AUTH, timeout=30).json()
     assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert schema["security"] == [{"bearerAuth": []}]  # required: no anonymous alternative
     operations = [op for item in schema["paths"].values() for op in item.values() if isinstance(op, dict)]
