@@ -131,7 +131,9 @@ def _train(core: Any) -> Any:
     running = [s for s in seen if not s.done and s.progress.fraction is not None]
     assert running, "the backend reports the whole job's fraction"
     fractions = [s.progress.fraction for s in running]
-    assert fractions == sorted(fractions) and all(f < 1.0 for f in fractions)
+    assert fractions == sorted(fractions) and all(f < 1.0 for f in fractions), \
+        [(a.progress.phase, a.progress.fraction, b.progress.phase, b.progress.fraction)
+         for a, b in zip(running, running[1:]) if b.progress.fraction < a.progress.fraction or b.progress.fraction >= 1]
     assert all(s.progress.phase_label for s in running)
     assert set(job.result["timing"]) >= {"step_s", "rank_case_s"}  # measured, for the next job's estimate
     assert all(0.0 <= (s.describe()[0] or 0.0) <= 1.0 and s.describe()[1].startswith("train") for s in seen)

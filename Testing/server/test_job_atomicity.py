@@ -164,3 +164,29 @@ def test_a_job_finished_by_another_process_commits_nothing(tmp_path: Path, monke
     assert table.get(job.job_id).status == "interrupted"
     assert store.models() == [] and store.active_version() is None
     assert list((store.meta_dir / "models").iterdir()) == []
+
+
+def test_a_job_reads_done_only_once_it_has_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the worker wrote progress "done" (fraction 1.0) and then committed, so a client polling in between saw
+    a running job at 100 % (the module's loop test caught it under load), and a commit that then failed (disk full)
+    had shown 100 % first. Now the final progress is written in the commit's transaction, with the status."""
+    config = tiny_config()
+    store_root, source = make_store(tmp_path, count=5, config=config)
+    store = Datastore(store_root)
+    store.submit_label("phantom_000", read_volume(label_path(source, "phantom_000")), annotator="a")
+    table = JobTable(store.meta_dir)
+    job = table.create("train", {})
+    seen_before_commit: list[tuple[str, dict]] = []
+
+    def poll_as_a_client() -> None:
+        record = table.get(job.job_id)
+        seen_before_commit.append((record.status, dict(record.progress)))
+
+    monkeypatch.setattr(jobs_worker, "_before_commit", poll_as_a_client)
+    assert jobs_worker.execute(store.root, job.job_id) == "succeeded"
+    [(status, progress)] = seen_before_commit
+    assert status == "running"
+    assert progress.get("phase") != "done" and progress["fraction"] < 1.0, progress
+    final = table.get(job.job_id)
+    assert final.status == "succeeded"
+    assert final.progress["phase"] == "done" and final.progress["fraction"] == 1.0 and final.progress["eta_s"] == 0.0

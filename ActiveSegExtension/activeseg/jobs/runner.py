@@ -230,18 +230,20 @@ class JobTable:
     @staticmethod
     def finish_in(
         connection: sqlite3.Connection, job_id: str, status: str, result: dict[str, Any] | None = None,
-        error: str | None = None,
+        error: str | None = None, progress: dict[str, Any] | None = None,
     ) -> bool:
         """:meth:`finish` inside a caller's write transaction (a worker marks its job succeeded in the transaction
-        that commits the job's effects)."""
+        that commits the job's effects); ``progress``, when given, replaces the progress row in the same update."""
         if status not in FINAL_STATES:
             raise ValueError(f"not a final job state: {status!r}")
         now = time.time()
-        cursor = connection.execute(
-            "UPDATE jobs SET status = ?, result = ?, error = ?, finished = ?, updated = ?"
-            " WHERE job_id = ? AND status = 'running'",
-            (status, json.dumps(result, default=str) if result is not None else None, error, now, now, job_id),
-        )
+        assignments, values = "status = ?, result = ?, error = ?, finished = ?, updated = ?", [
+            status, json.dumps(result, default=str) if result is not None else None, error, now, now]
+        if progress is not None:
+            assignments += ", progress = ?"
+            values.append(json.dumps(progress, default=str))
+        cursor = connection.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ? AND status = 'running'",
+                                    (*values, job_id))
         return cursor.rowcount == 1
 
     def request_cancel(self, job_id: str) -> JobRecord:

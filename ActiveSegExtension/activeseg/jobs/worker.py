@@ -162,16 +162,30 @@ class ProgressReporter:
             self.cancelled = self.orphaned = True
         return not self.cancelled
 
-    def flush(self) -> None:
-        """Write the latest event now, with the whole job's fraction and ETA."""
+    def snapshot(self) -> dict[str, Any]:
+        """The progress row for the latest event: the event, the whole job's fraction and ETA, the epoch history."""
         with self._lock:
-            self._last_write = time.monotonic()
             snapshot = {**self.latest, **self.model.snapshot()}
             if self.latest.get("phase") == "done":
                 snapshot.update(fraction=1.0, eta_s=0.0)
             if self.history:
                 snapshot["history"] = self.history
-            if not self.table.update_progress(self.job_id, snapshot):
+            return snapshot
+
+    def done_snapshot(self) -> dict[str, Any]:
+        """The final progress row of a job that succeeded (phase ``done``, fraction 1.0, ETA 0). Written only with
+        the outcome (:func:`_commit_outcome`), never while the job still reads ``running``: a client must not see
+        100 % before the commit, which can still fail."""
+        with self._lock:
+            self.latest = {"phase": "done"}
+            self.model.observe({"phase": "done"})
+            return self.snapshot()
+
+    def flush(self) -> None:
+        """Write the latest event now, with the whole job's fraction and ETA."""
+        with self._lock:
+            self._last_write = time.monotonic()
+            if not self.table.update_progress(self.job_id, self.snapshot()):
                 # The server marked the job interrupted or cancelled: stop working for nobody.
                 self.cancelled = True
 
@@ -333,12 +347,9 @@ def execute(store_root: Path, job_id: str) -> str:
         logger.error("job %s failed: %s\n%s", job_id, error, traceback.format_exc())
     progress.stop_heartbeat()
     if status == "succeeded":
-        progress.latest = {"phase": "done"}
-        progress.model.observe({"phase": "done"})
-        progress.flush()
         _before_commit()
         try:
-            status = _commit_outcome(table, job_id, commit, result or {})
+            status = _commit_outcome(table, job_id, commit, result or {}, progress.done_snapshot())
         except Exception as exc:  # noqa: BLE001 - a refused commit (disk full, lock, version taken) fails the job
             status, error = "failed", _error_text(exc)
             logger.error("job %s failed at its commit: %s\n%s", job_id, error, traceback.format_exc())
@@ -354,15 +365,17 @@ class _OutcomeTaken(Exception):
     """The job left ``running`` (the server recorded it interrupted, cancelled or failed) before its commit."""
 
 
-def _commit_outcome(table: JobTable, job_id: str, commit: StoreCommit, result: dict[str, Any]) -> str:
-    """Commit the job's staged effects and mark it succeeded, in one transaction; return the job's status.
+def _commit_outcome(table: JobTable, job_id: str, commit: StoreCommit, result: dict[str, Any],
+                    final_progress: dict[str, Any]) -> str:
+    """Commit the job's staged effects and mark it succeeded with ``final_progress``, in one transaction; return the
+    job's status.
 
     When the job has already left ``running`` nothing commits (its new files are removed) and the recorded
     status is returned: job status and store state never disagree.
     """
 
     def mark_succeeded(connection: sqlite3.Connection) -> None:
-        if not table.finish_in(connection, job_id, "succeeded", result=result):
+        if not table.finish_in(connection, job_id, "succeeded", result=result, progress=final_progress):
             raise _OutcomeTaken
 
     try:
