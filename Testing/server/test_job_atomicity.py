@@ -20,7 +20,7 @@ import pytest
 
 from activeseg.io.volumes import read_volume
 from activeseg.jobs import worker as jobs_worker
-from activeseg.jobs.runner import JobTable
+from activeseg.jobs.runner import JobRecord, JobTable
 from activeseg.pipeline.ranking_round import rank_round
 from activeseg.pipeline.training_round import train_round
 from activeseg.store.datastore import Datastore
@@ -146,15 +146,19 @@ def test_ranking_job_killed_before_commit_keeps_the_previous_queue_and_its_predi
     _assert_no_orphans(store)
 
 
-def test_a_job_finished_by_another_process_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server (or the worker's watchdog) records the job interrupted just before the worker commits: the first
-    writer wins, so the new model is not registered either."""
-    config = tiny_config()
-    store_root, source = make_store(tmp_path, count=5, config=config)
+def _one_label_and_a_train_job(tmp_path: Path) -> tuple[Datastore, JobTable, JobRecord]:
+    """A store with one expert label and a created (not started) training job: (store, job table, job record)."""
+    store_root, source = make_store(tmp_path, count=5, config=tiny_config())
     store = Datastore(store_root)
     store.submit_label("phantom_000", read_volume(label_path(source, "phantom_000")), annotator="a")
     table = JobTable(store.meta_dir)
-    job = table.create("train", {})
+    return store, table, table.create("train", {})
+
+
+def test_a_job_finished_by_another_process_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server (or the worker's watchdog) records the job interrupted just before the worker commits: the first
+    writer wins, so the new model is not registered either."""
+    store, table, job = _one_label_and_a_train_job(tmp_path)
 
     def server_interrupts() -> None:
         assert table.finish(job.job_id, "interrupted", error="interrupted: the server stopped")
@@ -170,12 +174,7 @@ def test_a_job_reads_done_only_once_it_has_committed(tmp_path: Path, monkeypatch
     """Before: the worker wrote progress "done" (fraction 1.0) and then committed, so a client polling in between saw
     a running job at 100 % (the module's loop test caught it under load), and a commit that then failed (disk full)
     had shown 100 % first. Now the final progress is written in the commit's transaction, with the status."""
-    config = tiny_config()
-    store_root, source = make_store(tmp_path, count=5, config=config)
-    store = Datastore(store_root)
-    store.submit_label("phantom_000", read_volume(label_path(source, "phantom_000")), annotator="a")
-    table = JobTable(store.meta_dir)
-    job = table.create("train", {})
+    store, table, job = _one_label_and_a_train_job(tmp_path)
     seen_before_commit: list[tuple[str, dict]] = []
 
     def poll_as_a_client() -> None:
