@@ -166,8 +166,6 @@ class ProgressReporter:
         """The progress row for the latest event: the event, the whole job's fraction and ETA, the epoch history."""
         with self._lock:
             snapshot = {**self.latest, **self.model.snapshot()}
-            if self.latest.get("phase") == "done":
-                snapshot.update(fraction=1.0, eta_s=0.0)
             if self.history:
                 snapshot["history"] = self.history
             return snapshot
@@ -179,7 +177,7 @@ class ProgressReporter:
         with self._lock:
             self.latest = {"phase": "done"}
             self.model.observe({"phase": "done"})
-            return self.snapshot()
+            return {**self.snapshot(), "fraction": 1.0, "eta_s": 0.0}
 
     def flush(self) -> None:
         """Write the latest event now, with the whole job's fraction and ETA."""
